@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+/** Entry point of the `cordon` command (bin/cordon.js loads the compiled copy of this file). */
+import { buildProgram } from './index.js'
+
+buildProgram()
+  .parseAsync(process.argv)
+  .catch((err: unknown) => {
+    const e = err as { message?: string; exitCode?: number }
+    process.stderr.write(`cordon: ${e?.message ?? String(err)}\n`)
+    process.exit(typeof e?.exitCode === 'number' ? e.exitCode : 1)
+  })
