@@ -1,0 +1,69 @@
+#!/bin/bash
+# deploy/scripts/build-image.sh — build localhost/cordon:<version> (and :dev) with podman from the
+# working tree, without any registry:
+#   1. base image (deploy/scripts/base-rootfs.sh, cached)
+#   2. TypeScript build (tsc -p tsconfig.build.json) and `npm pack --ignore-scripts`
+#   3. native: prebuilds/linux-<arch>/ travel inside the tarball when they exist; otherwise the
+#      host's build/Release (cordon.node + cordon-exec; host is Debian 12 = the image's glibc) is
+#      staged, building it with node-gyp first if it is missing
+#   4. production node_modules copied from the host's tree (npm ls --omit=dev), so the image
+#      needs no npm and no network
+#   5. podman build -f deploy/Containerfile
+# Prints the image size. Env: CORDON_IMAGE (default localhost/cordon:dev), CORDON_CACHE.
+set -euo pipefail
+log() { printf 'build-image: %s\n' "$*" >&2; }
+t0=$(date +%s)
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+IMAGE=${CORDON_IMAGE:-localhost/cordon:dev}
+CACHE=${CORDON_CACHE:-/var/cache/cordon}
+CTX="$CACHE/image-context"
+
+bash deploy/scripts/base-rootfs.sh
+
+arch=$(node -p 'process.arch')
+if [ "${CORDON_SKIP_TSC:-}" != 1 ]; then
+  log "tsc -p tsconfig.build.json"
+  if ! npx tsc -p tsconfig.build.json >"$CACHE/tsc.log" 2>&1; then
+    if [ "${CORDON_ALLOW_TSC_ERRORS:-}" = 1 ]; then
+      log "WARNING: tsc reported $(grep -c 'error TS' "$CACHE/tsc.log") type errors ($CACHE/tsc.log); packing the emitted JS anyway (CORDON_ALLOW_TSC_ERRORS=1)"
+    else
+      head -n 20 "$CACHE/tsc.log" >&2
+      log "TypeScript build failed ($CACHE/tsc.log); fix it, or set CORDON_ALLOW_TSC_ERRORS=1 to pack what tsc emitted"; exit 1
+    fi
+  fi
+fi
+[ -f dist/cli/main.js ] || { log "dist/cli/main.js missing after the build"; exit 1; }
+
+rm -rf "$CTX"; mkdir -p "$CTX"
+tarball=$(npm pack --ignore-scripts --silent --pack-destination "$CTX" | tail -n1)
+tar -xzf "$CTX/$tarball" -C "$CTX"          # -> $CTX/package
+rm -f "$CTX/$tarball"
+
+if ls "$CTX"/package/prebuilds/linux-"$arch"/*.node >/dev/null 2>&1; then
+  log "using prebuilds/linux-$arch from the package"
+else
+  if [ ! -f build/Release/cordon.node ] || [ ! -f build/Release/cordon-exec ]; then
+    log "no prebuild for linux-$arch and no build/Release: building with node-gyp"
+    npx node-gyp rebuild >/dev/null
+  fi
+  mkdir -p "$CTX/package/build/Release"
+  cp build/Release/cordon.node build/Release/cordon-exec "$CTX/package/build/Release/"
+  log "staged build/Release (no prebuild for linux-$arch in the package)"
+fi
+
+# Production dependency closure, copied from the host's node_modules (outermost paths only).
+npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2 | sed "s|^$ROOT/||" | sort -u \
+  | awk 'BEGIN{last="//"} index($0, last"/")==1 {next} {print; last=$0}' > "$CTX/deps.txt"
+tar -C "$ROOT" -cf - -T "$CTX/deps.txt" | tar -C "$CTX/package" -xf -
+# Type declarations, source maps and docs are never read at run time.
+find "$CTX/package/node_modules" -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' \
+  -o -name '*.d.cts' -o -name '*.md' -o -name '*.markdown' \) -delete
+find "$CTX/package/dist" -type f -name '*.map' -delete
+log "staged $(wc -l < "$CTX/deps.txt") production dependency trees ($(du -sm "$CTX/package/node_modules" | cut -f1) MB)"
+
+version=$(node -p 'require("./package.json").version')
+podman build --quiet --layers=false -f deploy/Containerfile -t "$IMAGE" -t "localhost/cordon:$version" "$CTX" >/dev/null
+size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
+base=$(podman image inspect localhost/cordon-base:bookworm --format '{{.Size}}')
+log "$IMAGE: $((size / 1000000)) MB (base $((base / 1000000)) MB + cordon $(((size - base) / 1000000)) MB) in $(( $(date +%s) - t0 ))s"
