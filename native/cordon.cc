@@ -271,7 +271,8 @@ bool StringArray(Napi::Value v, std::vector<std::string>* out) {
   return true;
 }
 
-// execve(path, argv[], envp[]): replaces the process image; only returns by throwing.
+// execve(path, argv[], envp[]): replaces the process image, keeping stdio (fds 0..2); only
+// returns by throwing.
 Napi::Value Execve(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::vector<std::string> argv, envp;
@@ -283,8 +284,17 @@ Napi::Value Execve(const Napi::CallbackInfo& info) {
   a.push_back(nullptr);
   for (auto& s : envp) e.push_back(&s[0]);
   e.push_back(nullptr);
+  // Node marks fds 0..2 close-on-exec at startup; the new image must keep the same stdio.
+  int saved[3];
+  for (int fd = 0; fd < 3; fd++) {
+    saved[fd] = fcntl(fd, F_GETFD);
+    if (saved[fd] >= 0 && (saved[fd] & FD_CLOEXEC)) fcntl(fd, F_SETFD, saved[fd] & ~FD_CLOEXEC);
+  }
   execve(path.c_str(), a.data(), e.data());
-  return ThrowErrno(env, errno, "execve", path);
+  int err = errno;
+  for (int fd = 0; fd < 3; fd++)
+    if (saved[fd] >= 0) fcntl(fd, F_SETFD, saved[fd]);
+  return ThrowErrno(env, err, "execve", path);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
