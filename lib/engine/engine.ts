@@ -1,0 +1,915 @@
+/**
+ * The policy engine: egress gate (HTTP forward proxy + CONNECT tunnels), operator approvals,
+ * hot reload and the audit trail. The control API (control.ts) drives it from outside the sandbox.
+ *
+ * The gate decides on the absolute URI or CONNECT target, never on a Host header (and rewrites
+ * Host to the decided authority), resolves names itself, checks every resolved address and
+ * connects to the address it checked: there is no second resolution to rebind.
+ */
+import http from 'node:http'
+import net from 'node:net'
+import os from 'node:os'
+import fs from 'node:fs'
+import path from 'node:path'
+import dns from 'node:dns'
+import { randomBytes } from 'node:crypto'
+import { Registry, Counter, Gauge } from 'prom-client'
+import { AuditLog, type AuditRecord, type SyncMode } from './audit.js'
+import { parseIP, formatIP } from './ip.js'
+import {
+  type CompiledNetwork,
+  type Rule,
+  type SessionRules,
+  type Target,
+  type NameDecision,
+  checkAddress,
+  decideName,
+  hasAllowCidr,
+  normalizeHost,
+  normalizePath,
+  parseRule,
+} from './rules.js'
+import { type LoadedPolicy, PolicyLoadError, loadNetworkPolicy, persistAllowRule, sha256, atomicWrite } from './policy.js'
+import { findPeerProcess, type PeerProcess } from './procinfo.js'
+
+export interface HostPort {
+  host: string
+  port: number
+}
+
+export type Lookup = (host: string) => Promise<Array<{ address: string; family: number }>>
+
+export interface EngineOptions {
+  policyFile: string
+  listen: HostPort
+  router?: HostPort | null
+  gateway?: HostPort | null
+  /** extra always-reachable names (name -> address), like inference.local */
+  services?: Record<string, HostPort>
+  audit?: string | null
+  auditSync?: SyncMode
+  stateDir?: string | null
+  /** names resolved from this map only (tests, pinning); others through the system resolver */
+  hosts?: Record<string, string[]>
+  lookup?: Lookup
+  askTimeoutMs?: number
+  presetDir?: string
+  /** label for traffic whose source address is not a registered sandbox */
+  sandboxId?: string
+  /** directory where lib/sandbox/netns.ts registers sandbox addresses (file name = address) */
+  netnsRegistry?: string
+  /** which decisions look up the client process through /proc (costs a /proc walk) */
+  identify?: 'all' | 'flagged' | 'none'
+  watch?: boolean
+  headersTimeoutMs?: number
+  requestTimeoutMs?: number
+  tunnelIdleMs?: number
+  /** extra addresses to treat as the host's own (tests) */
+  extraOwnAddresses?: string[]
+}
+
+export interface PendingInfo {
+  id: string
+  host: string
+  port: number
+  method: string | null
+  path: string | null
+  via: string
+  pid: number | null
+  binary: string | null
+  sandbox: string
+  client: string
+  first: string
+  last: string
+  count: number
+  waiting: number
+  expires: string
+}
+
+interface Pending extends PendingInfo {
+  waiters: Set<(ok: boolean, why: string) => void>
+  timer: NodeJS.Timeout | null
+}
+
+export interface SessionApproval {
+  id: string
+  action: 'allow' | 'deny'
+  rule: string
+  host: string
+  port: number
+  time: string
+  persisted: boolean
+}
+
+interface ConnState {
+  sandbox: string
+  client: string
+  clientAddr: string
+  clientPort: number
+  localAddr: string
+  localPort: number
+  sock: net.Socket
+  /** per-connection resolution and "already durably logged" cache, valid for one policy generation */
+  cache: Map<string, { gen: number; address: string; key: string }>
+}
+
+interface Outcome {
+  id: string
+  action: 'allow' | 'deny'
+  status: number
+  reason: string
+  rule: string | null
+  address: string | null
+  port: number
+  service: string | null
+  pendingId: string | null
+}
+
+export interface ReloadResult {
+  ok: boolean
+  changed: boolean
+  hash: string
+  errors?: string[]
+  generation: number
+}
+
+const HOP = new Set([
+  'connection',
+  'proxy-connection',
+  'keep-alive',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+])
+
+function now(): string {
+  return new Date().toISOString()
+}
+
+function newId(prefix = ''): string {
+  return prefix + randomBytes(4).toString('hex')
+}
+
+function splitHostPort(s: string): HostPort | null {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:]+):(\d{1,5})$/.exec(s)
+  if (!m) return null
+  const port = Number(m[2])
+  if (port < 1 || port > 65535) return null
+  return { host: m[1]!, port }
+}
+
+export function parseHostPort(s: string, what: string): HostPort {
+  const hp = splitHostPort(s) ?? (/^:?(\d{1,5})$/.test(s) ? { host: '127.0.0.1', port: Number(s.replace(':', '')) } : null)
+  if (!hp) throw new Error(`${what}: expected HOST:PORT (e.g. 127.0.0.1:3128), got "${s}"`)
+  return hp
+}
+
+export class Engine {
+  readonly opts: EngineOptions
+  policy!: LoadedPolicy
+  generation = 0
+  lastReload: { time: string; ok: boolean; errors?: string[]; trigger: string } | null = null
+  readonly audit: AuditLog
+  readonly session: SessionRules = { allow: [], deny: [] }
+  readonly approvals: SessionApproval[] = []
+  readonly pending = new Map<string, Pending>()
+  private readonly services = new Map<string, HostPort>()
+  private server: http.Server | null = null
+  private readonly agent: http.Agent
+  private watcher: fs.FSWatcher | null = null
+  private pollTimer: NodeJS.Timeout | null = null
+  private reloadTimer: NodeJS.Timeout | null = null
+  private ownAddrs = new Set<string>()
+  private ownAddrsAt = 0
+  private readonly conns = new WeakMap<net.Socket, ConnState>()
+  private readonly sockets = new Set<net.Socket>()
+  readonly metrics = new Registry()
+  private readonly mDecisions: Counter<'decision' | 'via'>
+  private readonly mBytes: Counter<'direction'>
+  private readonly mActive: Gauge
+  private readonly mReloads: Counter<'result'>
+  private readonly mPending: Gauge
+  readonly startedAt = now()
+
+  constructor(opts: EngineOptions) {
+    this.opts = opts
+    this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo', timeout: 60_000 })
+    if (opts.router) this.services.set('inference.local', opts.router)
+    if (opts.gateway) this.services.set('gateway.local', opts.gateway)
+    for (const [k, v] of Object.entries(opts.services ?? {})) this.services.set(normalizeHost(k), v)
+    this.mDecisions = new Counter({ name: 'cordon_engine_decisions_total', help: 'gate decisions', labelNames: ['decision', 'via'], registers: [this.metrics] })
+    this.mBytes = new Counter({ name: 'cordon_engine_bytes_total', help: 'bytes relayed', labelNames: ['direction'], registers: [this.metrics] })
+    this.mActive = new Gauge({ name: 'cordon_engine_connections_active', help: 'open client connections', registers: [this.metrics] })
+    this.mReloads = new Counter({ name: 'cordon_engine_reloads_total', help: 'policy reloads', labelNames: ['result'], registers: [this.metrics] })
+    this.mPending = new Gauge({ name: 'cordon_engine_pending', help: 'requests waiting for an operator', registers: [this.metrics] })
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<HostPort> {
+    this.policy = loadNetworkPolicy(this.opts.policyFile, this.opts.presetDir)
+    this.generation = 1
+    this.loadState()
+    await this.audit.commit({
+      time: now(),
+      type: 'start',
+      policy: this.opts.policyFile,
+      hash: this.policy.hash,
+      pid: process.pid,
+      restored_approvals: this.approvals.length,
+      restored_pending: this.pending.size,
+    })
+    const server = http.createServer({
+      maxHeaderSize: 16 * 1024,
+      requireHostHeader: false,
+      noDelay: true,
+      keepAlive: true,
+      headersTimeout: this.opts.headersTimeoutMs ?? 15_000,
+      requestTimeout: this.opts.requestTimeoutMs ?? 300_000,
+    } as http.ServerOptions)
+    server.keepAliveTimeout = 5_000
+    server.on('connection', (s: net.Socket) => this.onConnection(s))
+    server.on('request', (req, res) => void this.onRequest(req, res))
+    server.on('connect', (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => void this.onTunnel(req, sock, head, 'connect'))
+    server.on('upgrade', (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => void this.onTunnel(req, sock, head, 'upgrade'))
+    server.on('clientError', (err: NodeJS.ErrnoException, sock: net.Socket) => this.onClientError(err, sock))
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.opts.listen.port, this.opts.listen.host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+    if (this.opts.watch !== false) this.startWatch()
+    const a = server.address() as net.AddressInfo
+    return { host: a.address, port: a.port }
+  }
+
+  address(): HostPort {
+    const a = this.server!.address() as net.AddressInfo
+    return { host: a.address, port: a.port }
+  }
+
+  async stop(): Promise<void> {
+    this.watcher?.close()
+    if (this.pollTimer) clearInterval(this.pollTimer)
+    if (this.reloadTimer) clearTimeout(this.reloadTimer)
+    for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer)
+    for (const s of this.sockets) s.destroy()
+    this.agent.destroy()
+    if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
+    this.audit.append({ time: now(), type: 'stop', pid: process.pid })
+    this.audit.close()
+  }
+
+  // ---------------------------------------------------------------- policy / reload
+
+  reload(trigger: string): ReloadResult {
+    let next: LoadedPolicy
+    try {
+      next = loadNetworkPolicy(this.opts.policyFile, this.opts.presetDir)
+    } catch (e) {
+      const errors = e instanceof PolicyLoadError ? e.message.split('\n') : [(e as Error).message]
+      this.lastReload = { time: now(), ok: false, errors, trigger }
+      this.mReloads.inc({ result: 'rejected' })
+      this.audit.append({ time: now(), type: 'reload', ok: false, trigger, errors, kept: this.policy.hash })
+      return { ok: false, changed: false, hash: this.policy.hash, errors, generation: this.generation }
+    }
+    const changed = next.hash !== this.policy.hash
+    if (changed) {
+      this.policy = next
+      this.generation++
+    }
+    this.lastReload = { time: now(), ok: true, trigger }
+    this.mReloads.inc({ result: changed ? 'applied' : 'unchanged' })
+    this.audit.append({ time: now(), type: 'reload', ok: true, trigger, changed, hash: next.hash, generation: this.generation })
+    return { ok: true, changed, hash: next.hash, generation: this.generation }
+  }
+
+  /** Watch the directory (editors and Kubernetes swap files and symlinks) and compare hashes. */
+  private startWatch(): void {
+    const dir = path.dirname(path.resolve(this.opts.policyFile))
+    const check = () => {
+      let h: string
+      try {
+        h = sha256(fs.readFileSync(this.opts.policyFile))
+      } catch {
+        return // mid-swap or removed: keep the policy in force
+      }
+      if (h !== this.policy.hash && h !== this.lastRejectedHash) {
+        const r = this.reload('watch')
+        this.lastRejectedHash = r.ok ? null : h
+      }
+    }
+    const schedule = () => {
+      if (this.reloadTimer) clearTimeout(this.reloadTimer)
+      this.reloadTimer = setTimeout(check, 50)
+      this.reloadTimer.unref()
+    }
+    try {
+      this.watcher = fs.watch(dir, { persistent: false }, schedule)
+      this.watcher.on('error', () => undefined)
+    } catch {
+      /* fall back to polling only */
+    }
+    this.pollTimer = setInterval(check, 2_000)
+    this.pollTimer.unref()
+  }
+  private lastRejectedHash: string | null = null
+
+  // ---------------------------------------------------------------- state (session approvals, pending)
+
+  private statePath(): string | null {
+    return this.opts.stateDir ? path.join(this.opts.stateDir, 'engine-state.json') : null
+  }
+
+  private saveState(): void {
+    const p = this.statePath()
+    if (!p) return
+    fs.mkdirSync(path.dirname(p), { recursive: true, mode: 0o700 })
+    const pending = [...this.pending.values()].map(({ waiters: _w, timer: _t, ...rest }) => rest)
+    atomicWrite(p, JSON.stringify({ version: 1, saved: now(), approvals: this.approvals, pending }, null, 1) + '\n')
+  }
+
+  private loadState(): void {
+    const p = this.statePath()
+    if (!p || !fs.existsSync(p)) return
+    let st: { approvals?: SessionApproval[]; pending?: PendingInfo[] }
+    try {
+      st = JSON.parse(fs.readFileSync(p, 'utf8'))
+    } catch (e) {
+      throw new Error(`${p}: the engine state file is not valid JSON (${(e as Error).message}); move it aside to start without the saved approvals`)
+    }
+    for (const a of st.approvals ?? []) this.addSessionRule(a)
+    for (const info of st.pending ?? []) {
+      const pend: Pending = { ...info, waiting: 0, waiters: new Set(), timer: null }
+      this.armPendingTimer(pend)
+      this.pending.set(pend.id, pend)
+    }
+    this.mPending.set(this.pending.size)
+  }
+
+  private addSessionRule(a: SessionApproval): void {
+    const rule = parseRule(a.rule, `approval:${a.id}`, a.action)
+    this.approvals.push(a)
+    if (a.action === 'allow') this.session.allow.push(rule)
+    else this.session.deny.push(rule)
+  }
+
+  // ---------------------------------------------------------------- approvals
+
+  listPending(): PendingInfo[] {
+    return [...this.pending.values()].map(({ waiters, timer: _t, ...rest }) => ({ ...rest, waiting: waiters.size }))
+  }
+
+  private armPendingTimer(p: Pending): void {
+    const ms = Math.max(0, Date.parse(p.expires) - Date.now())
+    p.timer = setTimeout(() => this.expirePending(p.id), ms)
+    p.timer.unref()
+  }
+
+  private expirePending(id: string): void {
+    const p = this.pending.get(id)
+    if (!p) return
+    this.pending.delete(id)
+    this.mPending.set(this.pending.size)
+    this.audit.append({ time: now(), type: 'pending-expired', pending_id: id, host: p.host, port: p.port, waiting: p.waiters.size })
+    for (const w of p.waiters) w(false, `not approved within ${Math.round((this.opts.askTimeoutMs ?? 60_000) / 1000)} s`)
+    this.saveState()
+  }
+
+  /** Operator decision on a pending request. */
+  async resolvePending(id: string, action: 'allow' | 'deny', persist = false, by = 'operator'): Promise<SessionApproval> {
+    const p = this.pending.get(id)
+    if (!p) {
+      const known = [...this.pending.keys()]
+      throw Object.assign(new Error(`no pending request "${id}"${known.length ? ` (pending: ${known.join(', ')})` : ' (nothing is pending)'}; list them with \`cordon approvals\``), { status: 404 })
+    }
+    const host = p.host.includes(':') ? `[${p.host}]` : p.host
+    const ruleText = `${host}:${p.port}`
+    if (persist && action === 'allow') {
+      persistAllowRule(this.opts.policyFile, ruleText)
+    }
+    const a: SessionApproval = { id, action, rule: ruleText, host: p.host, port: p.port, time: now(), persisted: persist && action === 'allow' }
+    await this.audit.commit({ time: now(), type: 'approval', pending_id: id, action, rule: ruleText, persist: a.persisted, by, host: p.host, port: p.port, pid: p.pid, binary: p.binary })
+    if (a.persisted) this.reload('approve --persist')
+    this.addSessionRule(a)
+    if (p.timer) clearTimeout(p.timer)
+    this.pending.delete(id)
+    this.mPending.set(this.pending.size)
+    this.saveState()
+    for (const w of p.waiters) w(action === 'allow', action === 'allow' ? `approved by the operator (${id})` : `denied by the operator (${id})`)
+    return a
+  }
+
+  /** Remove a session approval or denial (by pending id). */
+  revoke(id: string): boolean {
+    const i = this.approvals.findIndex((a) => a.id === id)
+    if (i < 0) return false
+    this.approvals.splice(i, 1)
+    for (const list of [this.session.allow, this.session.deny]) {
+      const j = list.findIndex((r) => r.origin === `approval:${id}`)
+      if (j >= 0) list.splice(j, 1)
+    }
+    this.generation++
+    this.audit.append({ time: now(), type: 'revoke', approval_id: id })
+    this.saveState()
+    return true
+  }
+
+  private async ask(t: Target, conn: ConnState, via: string, peer: PeerProcess | null, decisionId: string): Promise<{ ok: boolean; why: string; pendingId: string }> {
+    const key = `${t.host}|${t.port}`
+    let p = [...this.pending.values()].find((x) => `${x.host}|${x.port}` === key)
+    if (!p) {
+      const timeout = this.opts.askTimeoutMs ?? 60_000
+      p = {
+        id: newId().slice(0, 6),
+        host: t.host,
+        port: t.port,
+        method: t.method ?? null,
+        path: t.path ?? null,
+        via,
+        pid: peer?.pid ?? null,
+        binary: peer?.binary ?? null,
+        sandbox: conn.sandbox,
+        client: conn.client,
+        first: now(),
+        last: now(),
+        count: 0,
+        waiting: 0,
+        expires: new Date(Date.now() + timeout).toISOString(),
+        waiters: new Set(),
+        timer: null,
+      }
+      this.pending.set(p.id, p)
+      this.mPending.set(this.pending.size)
+      this.armPendingTimer(p)
+    }
+    p.count++
+    p.last = now()
+    this.saveState()
+    await this.audit.commit({
+      time: now(),
+      type: 'decision',
+      id: decisionId,
+      decision: 'pending',
+      pending_id: p.id,
+      sandbox: conn.sandbox,
+      pid: peer?.pid ?? null,
+      binary: peer?.binary ?? null,
+      client: conn.client,
+      via,
+      host: t.host,
+      port: t.port,
+      method: t.method ?? null,
+      path: t.path ?? null,
+    })
+    const pend = p
+    return new Promise((resolve) => {
+      const w = (ok: boolean, why: string) => resolve({ ok, why, pendingId: pend.id })
+      pend.waiters.add(w)
+      // if the client goes away, stop waiting for it (the pending entry stays for the operator)
+      conn.sock.once('close', () => {
+        if (pend.waiters.delete(w)) resolve({ ok: false, why: 'client went away', pendingId: pend.id })
+      })
+    })
+  }
+
+  // ---------------------------------------------------------------- decisions
+
+  private ownAddresses(): Set<string> {
+    if (Date.now() - this.ownAddrsAt > 5_000) {
+      const s = new Set<string>(this.opts.extraOwnAddresses ?? [])
+      for (const list of Object.values(os.networkInterfaces())) for (const i of list ?? []) {
+        const a = parseIP(i.address)
+        if (a) s.add(formatIP(a))
+      }
+      this.ownAddrs = s
+      this.ownAddrsAt = Date.now()
+    }
+    return this.ownAddrs
+  }
+
+  private async resolve(host: string): Promise<string[]> {
+    const lit = parseIP(host)
+    if (lit) return [formatIP(lit)]
+    const fromMap = this.opts.hosts?.[host]
+    if (fromMap) return fromMap
+    if (this.opts.lookup) return (await this.opts.lookup(host)).map((r) => r.address)
+    const r = await dns.promises.lookup(host, { all: true, verbatim: true })
+    return r.map((x) => x.address)
+  }
+
+  private sandboxFor(addr: string): string {
+    const a = addr.replace(/^::ffff:/, '')
+    if (this.opts.netnsRegistry) {
+      try {
+        return fs.readFileSync(path.join(this.opts.netnsRegistry, a), 'utf8').trim() || a
+      } catch {
+        /* not a registered sandbox */
+      }
+    }
+    return this.opts.sandboxId ?? a
+  }
+
+  private async identify(conn: ConnState): Promise<PeerProcess | null> {
+    if ((this.opts.identify ?? 'flagged') === 'none') return null
+    const timeout = new Promise<null>((r) => setTimeout(() => r(null), 500).unref())
+    return Promise.race([findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort).catch(() => null), timeout])
+  }
+
+  private denyOutcome(id: string, reason: string, rule: Rule | null, t: Target, status = 403, pendingId: string | null = null): Outcome {
+    return { id, action: 'deny', status, reason, rule: rule ? `${rule.text} (${rule.origin})` : null, address: null, port: t.port, service: null, pendingId }
+  }
+
+  /** Decide, audit (durably, before it takes effect), and return the outcome. */
+  async decide(t: Target, conn: ConnState, via: string): Promise<Outcome> {
+    const id = newId('d')
+    const gen = this.generation
+    let out: Outcome
+    let peer: PeerProcess | null = null
+    let audited = false
+    const svc = this.services.get(t.host)
+    if (svc) {
+      if (t.port !== 80) {
+        out = this.denyOutcome(id, `${t.host} is served by cordon over plain HTTP on port 80: use http://${t.host}/ (CONNECT ${t.host}:80 works too)`, null, t, 400)
+      } else {
+        out = { id, action: 'allow', status: 200, reason: `${t.host} is always reachable`, rule: `service:${t.host}`, address: svc.host, port: svc.port, service: t.host, pendingId: null }
+      }
+    } else {
+      const net = this.policy.network
+      let name: NameDecision = decideName(net, this.session, t)
+      let pendingId: string | null = null
+      const cidrs = hasAllowCidr(net, this.session)
+      if (name.action === 'unlisted' && !cidrs) {
+        if (net.unlisted === 'ask') {
+          peer = await this.identify(conn)
+          const r = await this.ask(t, conn, via, peer, id)
+          pendingId = r.pendingId
+          if (r.ok) name = { action: 'allow', rule: null, reason: r.why }
+          else name = { action: 'deny', rule: null, reason: r.why }
+        }
+      }
+      if (name.action === 'deny' || (name.action === 'unlisted' && !cidrs)) {
+        out = this.denyOutcome(id, name.action === 'deny' ? name.reason : 'no rule allows it', name.rule, t, 403, pendingId)
+      } else {
+        // resolve (or reuse this connection's resolution for the same generation) and check every address
+        const ck = `${t.host}|${t.port}`
+        const cached = conn.cache.get(ck)
+        let addrs: string[]
+        try {
+          addrs = cached && cached.gen === gen ? [cached.address] : await this.resolve(t.host)
+        } catch (e) {
+          addrs = []
+          out = this.denyOutcome(id, `${t.host} does not resolve (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, null, t, 502)
+        }
+        if (addrs.length === 0) {
+          out ??= this.denyOutcome(id, `${t.host} does not resolve`, null, t, 502)
+        } else {
+          const own = this.ownAddresses()
+          let chosen: string | null = null
+          let decided: { action: string; rule: Rule | null; reason: string } | null = null
+          for (const a of addrs) {
+            const pa = parseIP(a)
+            if (!pa) continue
+            const d = checkAddress(net, this.session, t, pa, own.has(formatIP(pa)), name)
+            if (d.action !== 'allow') {
+              decided = d
+              chosen = null
+              break
+            }
+            if (!chosen) {
+              chosen = formatIP(pa)
+              decided = d
+            }
+          }
+          if (decided && decided.action === 'unlisted' && net.unlisted === 'ask' && pendingId === null) {
+            peer = await this.identify(conn)
+            const r = await this.ask(t, conn, via, peer, id)
+            pendingId = r.pendingId
+            if (r.ok && chosen === null && addrs.length) {
+              const pa = parseIP(addrs[0]!)!
+              const d = checkAddress(net, this.session, t, pa, own.has(formatIP(pa)), { action: 'allow', rule: null, reason: r.why })
+              decided = d
+              chosen = d.action === 'allow' ? formatIP(pa) : null
+            } else decided = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
+          }
+          if (decided && decided.action === 'allow' && chosen) {
+            out = { id, action: 'allow', status: 200, reason: decided.reason, rule: decided.rule ? `${decided.rule.text} (${decided.rule.origin})` : null, address: chosen, port: t.port, service: null, pendingId }
+          } else {
+            out = this.denyOutcome(id, decided?.action === 'unlisted' || !decided ? 'no rule allows it' : decided.reason, decided?.rule ?? null, t, 403, pendingId)
+          }
+        }
+      }
+    }
+    // ---- audit before effect
+    if (out.action === 'deny' && !peer) peer = await this.identify(conn)
+    else if (out.action === 'allow' && (this.opts.identify ?? 'flagged') === 'all' && !peer) peer = await this.identify(conn)
+    const rec: AuditRecord = {
+      time: now(),
+      type: 'decision',
+      id,
+      decision: out.action,
+      sandbox: conn.sandbox,
+      pid: peer?.pid ?? null,
+      binary: peer?.binary ?? null,
+      client: conn.client,
+      via,
+      host: t.host,
+      port: t.port,
+      address: out.address,
+      method: t.method ?? null,
+      path: t.path ?? null,
+      rule: out.rule,
+      reason: out.reason,
+    }
+    if (out.pendingId) rec.pending_id = out.pendingId
+    this.mDecisions.inc({ decision: out.action, via })
+    const key = `${out.action}|${out.rule}|${out.address}`
+    const ck = `${t.host}|${t.port}`
+    const prev = conn.cache.get(ck)
+    if (out.action === 'allow' && prev && prev.gen === gen && prev.key === key) {
+      // the same decision by the same rule on this connection is already on stable storage
+      this.audit.append(rec)
+      audited = true
+    }
+    if (!audited) await this.audit.commit(rec)
+    if (out.action === 'allow' && out.address && !out.service) conn.cache.set(ck, { gen, address: out.address, key })
+    return out
+  }
+
+  // ---------------------------------------------------------------- gate: connections
+
+  private onConnection(s: net.Socket): void {
+    s.setNoDelay(true)
+    const clientAddr = s.remoteAddress ?? ''
+    const conn: ConnState = {
+      sandbox: this.sandboxFor(clientAddr),
+      client: `${clientAddr}:${s.remotePort}`,
+      clientAddr,
+      clientPort: s.remotePort ?? 0,
+      localAddr: s.localAddress ?? '',
+      localPort: s.localPort ?? 0,
+      sock: s,
+      cache: new Map(),
+    }
+    this.conns.set(s, conn)
+    this.sockets.add(s)
+    this.mActive.inc()
+    s.once('close', () => {
+      this.sockets.delete(s)
+      this.mActive.dec()
+    })
+  }
+
+  private onClientError(err: NodeJS.ErrnoException, sock: net.Socket): void {
+    if (!sock.writable || (err as { code?: string }).code === 'ECONNRESET') {
+      sock.destroy()
+      return
+    }
+    let status = 400
+    let msg = `cordon egress gate: malformed request (${err.code ?? err.message}). Send an absolute-URI request (GET http://host/path) or CONNECT host:port.`
+    if (err.code === 'HPE_HEADER_OVERFLOW') {
+      status = 431
+      msg = 'cordon egress gate: request headers too large (limit 16 KiB).'
+    } else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') {
+      status = 408
+      msg = 'cordon egress gate: request not received in time.'
+    }
+    const body = msg + '\n'
+    sock.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+    sock.destroySoon?.()
+  }
+
+  private denyText(t: Target, o: Outcome): string {
+    const hp = `${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`
+    const lines = [`cordon egress gate: ${t.tunnel ? 'CONNECT to' : 'request to'} ${hp} denied: ${o.reason}.`]
+    if (o.status === 403) {
+      if (o.pendingId) lines.push(`An operator can allow it with \`cordon approve ${o.pendingId}\` (then retry), or add "${hp}" to network.allow in the policy.`)
+      else lines.push(`An operator can allow it by adding "${hp}" to network.allow in the policy (${path.basename(this.opts.policyFile)}) and running \`cordon policy reload\`.`)
+    }
+    lines.push(`(decision ${o.id})`)
+    return lines.join('\n') + '\n'
+  }
+
+  private sendDeny(res: http.ServerResponse, t: Target, o: Outcome): void {
+    const body = this.denyText(t, o)
+    res.writeHead(o.status, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-cordon-decision': 'deny',
+      'x-cordon-decision-id': o.id,
+    })
+    res.end(body)
+  }
+
+  private rawDeny(sock: net.Socket, t: Target, o: Outcome): void {
+    const body = this.denyText(t, o)
+    sock.end(
+      `HTTP/1.1 ${o.status} ${http.STATUS_CODES[o.status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Cordon-Decision: deny\r\nX-Cordon-Decision-Id: ${o.id}\r\nConnection: close\r\n\r\n${body}`,
+    )
+  }
+
+  private endRecord(o: Outcome, started: number, bytesIn: number, bytesOut: number, error?: string): void {
+    this.mBytes.inc({ direction: 'in' }, bytesIn)
+    this.mBytes.inc({ direction: 'out' }, bytesOut)
+    const rec: AuditRecord = {
+      time: now(),
+      type: 'end',
+      decision_id: o.id,
+      bytes_in: bytesIn,
+      bytes_out: bytesOut,
+      duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+    }
+    if (error) rec.error = error
+    this.audit.append(rec)
+  }
+
+  /** Plain HTTP through the proxy: GET http://host/path */
+  private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = performance.now()
+    const conn = this.conns.get(req.socket)!
+    const raw = req.url ?? ''
+    let url: URL
+    try {
+      if (!/^http:\/\//i.test(raw)) throw new Error('not absolute')
+      url = new URL(raw)
+    } catch {
+      const body = /^https:\/\//i.test(raw)
+        ? `cordon egress gate: send https:// through CONNECT (HTTPS_PROXY), not as an absolute-URI request.\n`
+        : `cordon egress gate: this is an HTTP proxy; send absolute-URI requests (GET http://host/path, i.e. set HTTP_PROXY) or CONNECT host:port. Got "${raw.slice(0, 100)}".\n`
+      res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+      return
+    }
+    const t: Target = {
+      host: normalizeHost(url.hostname),
+      port: url.port ? Number(url.port) : 80,
+      method: req.method ?? 'GET',
+      path: normalizePath(url.pathname),
+      tunnel: false,
+    }
+    const o = await this.decide(t, conn, 'http')
+    if (o.action === 'deny') {
+      req.resume()
+      this.sendDeny(res, t, o)
+      return
+    }
+    const headers: string[] = []
+    const rh = req.rawHeaders
+    const connTokens = (req.headers.connection ?? '').toLowerCase().split(',').map((x) => x.trim())
+    for (let i = 0; i < rh.length; i += 2) {
+      const k = rh[i]!.toLowerCase()
+      if (HOP.has(k) || connTokens.includes(k)) continue
+      headers.push(rh[i]!, rh[i + 1]!)
+    }
+    headers.push('Host', url.host)
+    let bytesOut = 0
+    let bytesIn = 0
+    let done = false
+    const finish = (err?: string) => {
+      if (done) return
+      done = true
+      this.endRecord(o, started, bytesIn, bytesOut, err)
+    }
+    const up = http.request({
+      host: o.address!,
+      port: o.port,
+      method: req.method,
+      path: url.pathname + url.search,
+      headers: headers as unknown as http.OutgoingHttpHeaders,
+      agent: this.agent,
+      setHost: false,
+    })
+    up.on('socket', (s: net.Socket) => s.setNoDelay(true))
+    up.on('response', (ur) => {
+      const out: string[] = []
+      const urh = ur.rawHeaders
+      for (let i = 0; i < urh.length; i += 2) {
+        const k = urh[i]!.toLowerCase()
+        if (k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding' || k === 'proxy-authenticate') continue
+        out.push(urh[i]!, urh[i + 1]!)
+      }
+      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out)
+      ur.on('data', (c: Buffer) => {
+        bytesIn += c.length
+      })
+      ur.pipe(res)
+      ur.on('end', () => finish())
+      ur.on('error', () => {
+        finish('upstream aborted')
+        res.destroy()
+      })
+    })
+    up.on('error', (e: NodeJS.ErrnoException) => {
+      if (res.headersSent) {
+        finish(`upstream error ${e.code ?? e.message}`)
+        res.destroy()
+        return
+      }
+      const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
+      res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+      finish(`upstream error ${e.code ?? e.message}`)
+    })
+    req.on('data', (c: Buffer) => {
+      bytesOut += c.length
+    })
+    req.pipe(up)
+    res.on('close', () => {
+      if (!res.writableFinished) {
+        up.destroy()
+        finish('client went away')
+      }
+    })
+  }
+
+  /** CONNECT host:port, or an Upgrade (WebSocket) absolute-URI request: decide, then relay bytes. */
+  private async onTunnel(req: http.IncomingMessage, sock: net.Socket, head: Buffer, via: 'connect' | 'upgrade'): Promise<void> {
+    const started = performance.now()
+    const conn = this.conns.get(sock) ?? this.conns.get(req.socket)!
+    sock.setNoDelay(true)
+    sock.on('error', () => undefined)
+    const tunnelIdle = this.opts.tunnelIdleMs ?? 3_600_000
+    let t: Target
+    let upgradePath = ''
+    if (via === 'connect') {
+      const hp = splitHostPort(req.url ?? '')
+      if (!hp) {
+        const body = `cordon egress gate: CONNECT needs host:port (e.g. CONNECT example.com:443), got "${(req.url ?? '').slice(0, 100)}".\n`
+        sock.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        return
+      }
+      t = { host: normalizeHost(hp.host), port: hp.port, tunnel: true }
+    } else {
+      let url: URL
+      try {
+        if (!/^http:\/\//i.test(req.url ?? '')) throw new Error('x')
+        url = new URL(req.url!)
+      } catch {
+        const body = 'cordon egress gate: an Upgrade request through the proxy needs an absolute URI (GET http://host/path); for wss:// use CONNECT.\n'
+        sock.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        return
+      }
+      t = { host: normalizeHost(url.hostname), port: url.port ? Number(url.port) : 80, method: req.method ?? 'GET', path: normalizePath(url.pathname), tunnel: false }
+      upgradePath = url.pathname + url.search
+      const lines = [`${req.method} ${upgradePath} HTTP/1.1`, `Host: ${url.host}`]
+      const rh = req.rawHeaders
+      for (let i = 0; i < rh.length; i += 2) {
+        const k = rh[i]!.toLowerCase()
+        if (k === 'host' || k === 'proxy-authorization' || k === 'proxy-connection') continue
+        lines.push(`${rh[i]}: ${rh[i + 1]}`)
+      }
+      head = Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n\r\n'), head])
+    }
+    const o = await this.decide(t, conn, via)
+    if (o.action === 'deny') {
+      this.rawDeny(sock, t, o)
+      return
+    }
+    if (sock.destroyed) {
+      this.endRecord(o, started, 0, 0, 'client went away')
+      return
+    }
+    const up = net.connect({ host: o.address!, port: o.port, noDelay: true })
+    let finished = false
+    const finish = (err?: string) => {
+      if (finished) return
+      finished = true
+      this.endRecord(o, started, up.bytesRead, up.bytesWritten, err)
+    }
+    up.setTimeout(tunnelIdle, () => {
+      finish('idle timeout')
+      up.destroy()
+      sock.destroy()
+    })
+    let connected = false
+    up.once('connect', () => {
+      connected = true
+      if (via === 'connect') sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+      if (head.length) up.write(head)
+      sock.pipe(up)
+      up.pipe(sock)
+    })
+    up.on('error', (e: NodeJS.ErrnoException) => {
+      if (!connected) {
+        const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
+        sock.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+      } else sock.destroy()
+      finish(`upstream error ${e.code ?? e.message}`)
+    })
+    up.on('close', () => {
+      finish()
+      sock.destroy()
+    })
+    sock.on('close', () => {
+      up.destroy()
+    })
+  }
+}
