@@ -39,6 +39,7 @@ rm -rf "$CTX"; mkdir -p "$CTX"
 tarball=$(npm pack --ignore-scripts --silent --pack-destination "$CTX" | tail -n1)
 tar -xzf "$CTX/$tarball" -C "$CTX"          # -> $CTX/package
 rm -f "$CTX/$tarball"
+cp deploy/probe.mjs "$CTX/probe.mjs"
 
 if ls "$CTX"/package/prebuilds/linux-"$arch"/*.node >/dev/null 2>&1; then
   log "using prebuilds/linux-$arch from the package"
