@@ -1,0 +1,148 @@
+/**
+ * explainPlan: the compiled plan in words a person can audit (`cordon policy explain`).
+ */
+import { FS, NET, SCOPE, rightNames } from '../kernel/abi.js'
+import type { Plan } from './plan.js'
+import type { ResolvedPolicy } from './types.js'
+import type { OciSeccompProfile, OciArg } from './seccomp/oci.js'
+import { compileSeccompDetailed } from './seccomp/compile.js'
+
+const ALL_READ_WRITE_NOTE = 'everything (read, write, create, delete, rename, execute)'
+
+function describeAccess(mask: number, handled: number): string {
+  if (mask === handled) return ALL_READ_WRITE_NOTE
+  const has = (b: number) => (mask & b) !== 0
+  const words: string[] = []
+  if (has(FS.read_file) || has(FS.read_dir)) words.push(has(FS.read_dir) ? 'read' : 'read file')
+  if (has(FS.execute)) words.push('execute')
+  if (has(FS.write_file)) words.push('write')
+  if (has(FS.truncate)) words.push('truncate')
+  if (has(FS.ioctl_dev)) words.push('device ioctl')
+  const rest = mask & ~(FS.read_file | FS.read_dir | FS.execute | FS.write_file | FS.truncate | FS.ioctl_dev)
+  if (rest) words.push(rightNames(FS, rest).join(', '))
+  return words.join(', ')
+}
+
+const OP_WORDS: Record<string, string> = {
+  SCMP_CMP_EQ: '==', SCMP_CMP_NE: '!=', SCMP_CMP_LT: '<', SCMP_CMP_LE: '<=', SCMP_CMP_GE: '>=', SCMP_CMP_GT: '>',
+}
+function argWords(a: OciArg): string {
+  const hex = (v: number | bigint) => `0x${BigInt(v).toString(16)}`
+  if (a.op === 'SCMP_CMP_MASKED_EQ') return `(arg${a.index} & ${hex(a.value)}) == ${hex(a.valueTwo ?? 0)}`
+  return `arg${a.index} ${OP_WORDS[a.op]} ${hex(a.value)}`
+}
+
+function actionWords(action: string, errno: number | undefined, profile: OciSeccompProfile): string {
+  switch (action) {
+    case 'SCMP_ACT_ALLOW': return 'allowed'
+    case 'SCMP_ACT_ERRNO': return `fails with errno ${errno ?? profile.defaultErrnoRet ?? 1}${errnoName(errno ?? profile.defaultErrnoRet ?? 1)}`
+    case 'SCMP_ACT_KILL_PROCESS': return 'kills the process'
+    case 'SCMP_ACT_KILL':
+    case 'SCMP_ACT_KILL_THREAD': return 'kills the thread'
+    case 'SCMP_ACT_TRAP': return 'raises SIGSYS'
+    case 'SCMP_ACT_LOG': return 'allowed and logged'
+    default: return action
+  }
+}
+function errnoName(n: number): string {
+  const names: Record<number, string> = { 1: 'EPERM', 13: 'EACCES', 22: 'EINVAL', 38: 'ENOSYS', 95: 'EOPNOTSUPP', 97: 'EAFNOSUPPORT' }
+  return names[n] ? ` (${names[n]})` : ''
+}
+
+export function explainPlan(plan: Plan, policy: ResolvedPolicy): string {
+  const out: string[] = []
+  const say = (s = '') => out.push(s)
+  say(`Policy ${policy.source}${policy.extends !== 'none' ? ` (on top of the "${policy.extends}" profile)` : ''}`)
+  say(`Compiled for Landlock ABI ${plan.abi}${plan.seccomp ? `, ${plan.seccomp.arch}` : ''}; plan ${plan.hash.slice(0, 16)}`)
+  say()
+
+  say('Filesystem (Landlock)')
+  if (!plan.landlock) {
+    say('  NOT CONFINED: this kernel has no Landlock and the policy accepted that (requirements.landlock_abi: 0).')
+  } else {
+    const ll = plan.landlock
+    say('  Everything not listed here is denied: reading, writing, executing, creating, deleting.')
+    const width = Math.min(40, Math.max(...ll.paths.map((p) => p.path.length), 4))
+    for (const r of ll.paths)
+      say(`  ${r.path.padEnd(width)}  ${describeAccess(r.access, ll.handledFs)}${r.optional ? ' (if present)' : ''}   [${r.origin}]`)
+    if (plan.privateTmp) say(`  /tmp is ${plan.privateTmp} (a private /tmp, mounted over the host's)`)
+    if (plan.mkdirs.length) say(`  created before start (mode 0700): ${plan.mkdirs.join(', ')}`)
+    if (plan.env.HOME) say(`  HOME=${plan.env.HOME}`)
+    say('  Note: Landlock cannot deny anything inside an allowed tree: every path above grants')
+    say('  its whole subtree. Keep secrets out of the workspace and the paths you add.')
+    if (policy.filesystem.system)
+      say('  filesystem.system grants only a secret-free subset of /etc (no shadow, ssh host keys, sudoers).')
+    if (plan.probePath) say(`  Verification: after confinement, opening ${plan.probePath} must fail with EACCES.`)
+    const scopes = rightNames(SCOPE, ll.scoped)
+    say(scopes.length
+      ? `  Scoped: ${scopes.map((s) => (s === 'signal' ? 'signals to processes outside the sandbox' : 'connecting to abstract unix sockets outside the sandbox')).join('; ')} are denied.`
+      : '  Not scoped (Landlock ABI < 6): signals and abstract unix sockets outside the sandbox are not blocked by Landlock.')
+  }
+  say()
+
+  say('Network')
+  switch (policy.network.mode) {
+    case 'none':
+      say('  none: a fresh network namespace with only loopback; no route leaves the sandbox.')
+      break
+    case 'host':
+      say("  host: the host's network, unrestricted. The sandbox can reach anything the host can.")
+      break
+    case 'proxy': {
+      const n = policy.network
+      say('  proxy: a network namespace whose only way out is the egress gate of the policy engine.')
+      say(`  presets: ${n.presets.length ? n.presets.join(', ') : '(none)'}`)
+      say(`  allow: ${n.allow.length ? n.allow.map((r) => JSON.stringify(r)).join(', ') : '(none)'}`)
+      say(`  deny (wins over allow): ${n.deny.length ? n.deny.map((r) => JSON.stringify(r)).join(', ') : '(none)'}`)
+      say(`  anything else: ${n.unlisted === 'ask' ? 'held for an operator to approve or deny' : 'denied'}`)
+      if (plan.network.mode === 'none') say('  (this build confines the namespace to loopback; the engine wiring joins the gate)')
+      break
+    }
+  }
+  if (plan.landlock && plan.landlock.handledNet) {
+    const connect = plan.landlock.ports.filter((p) => p.access & NET.connect_tcp).map((p) => p.port)
+    const bind = plan.landlock.ports.filter((p) => p.access & NET.bind_tcp).map((p) => p.port)
+    say(`  Landlock TCP: connect only to port${connect.length === 1 ? '' : 's'} ${connect.join(', ') || '(none)'}; bind only ${bind.join(', ') || '(none)'}.`)
+  }
+  say()
+
+  say('System calls (seccomp)')
+  if (!plan.seccomp || !policy.process.seccomp) {
+    say(policy.process.seccomp ? '  NOT FILTERED: seccomp is not available on this kernel.' : '  none: no syscall filter (process.seccomp: none).')
+  } else {
+    const prof = policy.process.seccomp.profile
+    const r = compileSeccompDetailed(prof, plan.seccomp.arch)
+    say(`  profile ${plan.seccomp.source}, ${plan.seccomp.filter.length / 8} BPF instructions; default: ${actionWords(prof.defaultAction, undefined, prof)}`)
+    const deny = (prof.defaultErrnoRet ?? 1)
+    say(`  always: other architectures${plan.seccomp.arch === 'x86_64' ? ' and the x32 ABI' : ''} fail with errno ${deny}${errnoName(deny)}`)
+    const groups = new Map<string, string[]>()
+    for (const e of prof.syscalls ?? []) {
+      const names = e.names.filter((n) => !r.skipped.includes(n))
+      if (!names.length) continue
+      const cond = e.args && e.args.length ? ` when ${e.args.map(argWords).join(new Set(e.args.map((a) => a.index)).size === e.args.length ? ' and ' : ' or ')}` : ''
+      const key = `${actionWords(e.action, e.errnoRet, prof)}${cond}`
+      groups.set(key, [...(groups.get(key) ?? []), ...names])
+    }
+    for (const [what, names] of groups) say(`  ${[...new Set(names)].join(', ')}: ${what}`)
+    say('  (for one syscall, entries with argument conditions are checked first, then the others; the first match decides)')
+    if (r.skipped.length) say(`  not on ${plan.seccomp.arch}, skipped: ${r.skipped.join(', ')}`)
+  }
+  say()
+
+  say('Process')
+  const envNames = Object.keys(plan.env)
+  say(`  environment: only these ${envNames.length} variables; everything else is scrubbed:`)
+  for (const k of envNames) say(`    ${k}=${plan.env[k]}`)
+  say(`  rlimits: ${plan.rlimits.length ? plan.rlimits.map((r) => `${r.resource}=${r.soft === r.hard ? fmt(r.soft) : `${fmt(r.soft)}/${fmt(r.hard)}`}`).join(', ') : '(inherited)'}`)
+  say(`  capabilities: ${plan.dropCapabilities ? 'all dropped; no_new_privs set' : 'kept'}`)
+  say()
+
+  say('Lost on this kernel')
+  if (plan.lost.length) for (const l of plan.lost) say(`  - ${l}`)
+  else say('  nothing: every right the policy asks for is enforced.')
+  return out.join('\n') + '\n'
+}
+
+function fmt(n: number | null): string {
+  return n === null ? 'unlimited' : String(n)
+}

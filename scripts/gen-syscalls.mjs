@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+/**
+ * Generates lib/policy/seccomp/syscalls-x86_64.ts and syscalls-aarch64.ts from the kernel UAPI
+ * headers, so no syscall number is typed by hand.
+ *
+ *   x86_64:  /usr/include/x86_64-linux-gnu/asm/unistd_64.h   (plain `#define __NR_x N`)
+ *   aarch64: /usr/include/asm-generic/unistd.h, evaluated with the macros the arm64 build sets
+ *            (arch/arm64/include/uapi/asm/unistd.h: __ARCH_WANT_RENAMEAT, _NEW_STAT,
+ *            _SET_GET_RLIMIT, _TIME32_SYSCALLS, _SYS_CLONE3, _MEMFD_SECRET; __BITS_PER_LONG 64)
+ *            by a tiny #if/#ifdef evaluator; the __NR3264_* names become their 64-bit aliases.
+ *
+ * Syscalls newer than the installed headers come from SUPPLEMENT below (numbers from the
+ * kernel's syscall tables; since 5.1 (nr 424) every architecture shares the same numbers).
+ *
+ * Usage: node scripts/gen-syscalls.mjs [--x86-header F] [--generic-header F] [--check]
+ *   --check: exit 1 if the committed files differ from what would be generated.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const args = process.argv.slice(2)
+const opt = (name, dflt) => {
+  const i = args.indexOf(name)
+  return i >= 0 ? args[i + 1] : dflt
+}
+const X86_HEADER = opt('--x86-header', '/usr/include/x86_64-linux-gnu/asm/unistd_64.h')
+const GENERIC_HEADER = opt('--generic-header', '/usr/include/asm-generic/unistd.h')
+const CHECK = args.includes('--check')
+
+/** Added after Linux 6.1 (Debian 12's headers); same number on x86_64 and aarch64. */
+const SUPPLEMENT = {
+  cachestat: 451, fchmodat2: 452, map_shadow_stack: 453, futex_wake: 454, futex_wait: 455,
+  futex_requeue: 456, statmount: 457, listmount: 458, lsm_get_self_attr: 459,
+  lsm_set_self_attr: 460, lsm_list_modules: 461, mseal: 462, setxattrat: 463, getxattrat: 464,
+  listxattrat: 465, removexattrat: 466, open_tree_attr: 467, file_getattr: 468, file_setattr: 469,
+}
+
+function parseX86(text) {
+  const out = {}
+  for (const m of text.matchAll(/^#define\s+__NR_(\w+)\s+(\d+)\s*$/gm)) out[m[1]] = Number(m[2])
+  return out
+}
+
+/** Evaluate asm-generic/unistd.h as the arm64 build does. */
+function parseGeneric(text) {
+  const defined = new Set(['__ARCH_WANT_RENAMEAT', '__ARCH_WANT_NEW_STAT', '__ARCH_WANT_SET_GET_RLIMIT',
+    '__ARCH_WANT_TIME32_SYSCALLS', '__ARCH_WANT_SYS_CLONE3', '__ARCH_WANT_MEMFD_SECRET'])
+  const values = { __BITS_PER_LONG: 64 }
+  const evalCond = (expr) => {
+    const js = expr
+      .replace(/\/\*.*?\*\//g, '')
+      .replace(/defined\s*\(\s*(\w+)\s*\)|defined\s+(\w+)/g, (_, a, b) => (defined.has(a ?? b) ? '1' : '0'))
+      .replace(/[A-Za-z_]\w*/g, (id) => String(values[id] ?? (defined.has(id) ? 1 : 0)))
+    if (!/^[\d\s()!=<>&|+-]*$/.test(js)) throw new Error(`cannot evaluate #if ${expr}`)
+    return Boolean(Function(`return (${js})`)())
+  }
+  const nr = {}
+  const stack = [] // each: { active, taken }
+  const active = () => stack.every((s) => s.active)
+  for (const raw of text.split('\n')) {
+    const line = raw.trim()
+    let m
+    if ((m = line.match(/^#\s*ifdef\s+(\w+)/))) { const v = defined.has(m[1]); stack.push({ active: v, taken: v }); continue }
+    if ((m = line.match(/^#\s*ifndef\s+(\w+)/))) { const v = !defined.has(m[1]); stack.push({ active: v, taken: v }); continue }
+    if ((m = line.match(/^#\s*if\s+(.*)$/))) { const v = evalCond(m[1]); stack.push({ active: v, taken: v }); continue }
+    if ((m = line.match(/^#\s*elif\s+(.*)$/))) {
+      const top = stack[stack.length - 1]
+      const v = !top.taken && evalCond(m[1])
+      top.active = v
+      top.taken ||= v
+      continue
+    }
+    if (/^#\s*else\b/.test(line)) { const top = stack[stack.length - 1]; top.active = !top.taken; top.taken = true; continue }
+    if (/^#\s*endif\b/.test(line)) { stack.pop(); continue }
+    if (!active()) continue
+    if ((m = line.match(/^#\s*define\s+(\w+)\b\s*(.*)$/))) {
+      const [, name, val] = m
+      defined.add(name)
+      const v = val.replace(/\/\*.*?\*\//g, '').trim()
+      if (/^\d+$/.test(v)) values[name] = Number(v)
+      else if (/^\w+$/.test(v) && values[v] !== undefined) values[name] = values[v]
+      if (name.startsWith('__NR_') && values[name] !== undefined) nr[name.slice(5)] = values[name]
+      continue
+    }
+    if ((m = line.match(/^#\s*undef\s+(\w+)/))) { defined.delete(m[1]); delete values[m[1]]; continue }
+  }
+  delete nr.syscalls
+  delete nr.arch_specific_syscall // a range marker, not a syscall
+  return nr
+}
+
+function emit(arch, table, header) {
+  const merged = { ...table }
+  const added = []
+  for (const [k, v] of Object.entries(SUPPLEMENT)) if (merged[k] === undefined) { merged[k] = v; added.push(k) }
+  const entries = Object.entries(merged).sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1))
+  const body = entries.map(([k, v]) => `  ${k}: ${v},`).join('\n')
+  return `// GENERATED by scripts/gen-syscalls.mjs from ${header}; do not edit.
+// ${entries.length} syscalls${added.length ? `; from the documented supplement (newer than the header): ${added.join(', ')}` : ''}.
+export const SYSCALLS_${arch.toUpperCase()}: Readonly<Record<string, number>> = Object.freeze({
+${body}
+})
+`
+}
+
+const outDir = path.join(root, 'lib', 'policy', 'seccomp')
+const files = {
+  'syscalls-x86_64.ts': emit('x86_64', parseX86(fs.readFileSync(X86_HEADER, 'utf8')), 'asm/unistd_64.h'),
+  'syscalls-aarch64.ts': emit('aarch64', parseGeneric(fs.readFileSync(GENERIC_HEADER, 'utf8')), 'asm-generic/unistd.h (arm64 macros)'),
+}
+let stale = false
+for (const [name, text] of Object.entries(files)) {
+  const f = path.join(outDir, name)
+  if (CHECK) {
+    const cur = fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : ''
+    if (cur !== text) { stale = true; console.error(`${f} is out of date; run node scripts/gen-syscalls.mjs`) }
+  } else {
+    fs.writeFileSync(f, text)
+    console.log(`wrote ${path.relative(root, f)}`)
+  }
+}
+if (stale) process.exit(1)
