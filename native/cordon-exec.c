@@ -19,6 +19,8 @@
  *   --rlimit RES=SOFT:HARD       RES in as,core,cpu,data,fsize,memlock,nofile,nproc,stack; inf
  *   --netns new | --netns-path P new network namespace with lo up / join an existing one
  *   --private-tmp HOSTDIR        new mount namespace, / rprivate, HOSTDIR bind-mounted on /tmp
+ *   --keep-path PATH             a path under the host's /tmp that stays visible at the same path
+ *                                once /tmp is replaced (bind-mounted back; e.g. a workspace in /tmp)
  *   --drop-caps                  clear bounding, ambient, effective/permitted/inheritable sets
  *   --ll-fs M --ll-net M --ll-scope M --ll-flags F   Landlock ruleset and restrict flags
  *   --ll-path M:PATH / --ll-path-opt M:PATH          path rule (optional: skipped if missing)
@@ -82,6 +84,7 @@ struct portrule { uint64_t access; uint64_t port; };
 struct rl { int res; rlim_t soft, hard; };
 
 static const char *mkdirs[MAX_ITEMS]; static int n_mkdirs;
+static const char *keeps[64]; static int keep_fds[64]; static int n_keeps;
 static struct rl rlims[32]; static int n_rlims;
 static struct pathrule paths[MAX_ITEMS]; static int n_paths;
 static struct portrule ports[MAX_ITEMS]; static int n_ports;
@@ -212,6 +215,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--netns")) { NEEDV(); if (strcmp(v, "new")) die("arguments", "--netns takes only 'new'", EINVAL); netns_new = 1; }
     else if (!strcmp(a, "--netns-path")) { NEEDV(); netns_path = v; }
     else if (!strcmp(a, "--private-tmp")) { NEEDV(); private_tmp = v; }
+    else if (!strcmp(a, "--keep-path")) {
+      NEEDV();
+      if (n_keeps >= 64 || strncmp(v, "/tmp/", 5) != 0 || strstr(v, "/../") || strlen(v) < 6) die("arguments", "--keep-path takes an absolute path under /tmp/", EINVAL);
+      keeps[n_keeps++] = v;
+    }
     else if (!strcmp(a, "--drop-caps")) drop = 1;
     else if (!strcmp(a, "--ll-fs")) { NEEDV(); ll_fs = num(v, a); have_ll = 1; }
     else if (!strcmp(a, "--ll-net")) { NEEDV(); ll_net = num(v, a); have_ll = 1; }
@@ -296,7 +304,19 @@ int main(int argc, char **argv) {
   if (private_tmp) {
     if (unshare(CLONE_NEWNS) != 0) die("private-tmp", "unshare(CLONE_NEWNS)", errno);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("private-tmp", "make / rprivate", errno);
+    /* Paths under the host's /tmp that must stay reachable: hold them open across the mount. */
+    for (i = 0; i < n_keeps; i++) {
+      keep_fds[i] = open(keeps[i], O_PATH | O_CLOEXEC | O_DIRECTORY);
+      if (keep_fds[i] < 0) die("private-tmp", keeps[i], errno);
+    }
     if (mount(private_tmp, "/tmp", NULL, MS_BIND | MS_REC, NULL) != 0) die("private-tmp", private_tmp, errno);
+    for (i = 0; i < n_keeps; i++) {
+      char src[64];
+      mkdir_p(keeps[i]); /* the mount point, inside the private /tmp */
+      snprintf(src, sizeof src, "/proc/self/fd/%d", keep_fds[i]);
+      if (mount(src, keeps[i], NULL, MS_BIND | MS_REC, NULL) != 0) die("private-tmp", keeps[i], errno);
+      close(keep_fds[i]);
+    }
   }
 
   /* 5. capabilities */

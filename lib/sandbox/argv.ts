@@ -18,13 +18,32 @@ export function helperArgv(plan: Plan): string[] {
     case 'host':
       break
   }
-  if (plan.privateTmp) a.push('--private-tmp', plan.privateTmp)
+  const ll0 = plan.landlock
+  if (plan.privateTmp) {
+    a.push('--private-tmp', plan.privateTmp)
+    // Rule paths under the host's /tmp (e.g. a workspace there) would vanish under the private
+    // /tmp: the helper bind-mounts them back at the same path (outermost ones only).
+    const under = (p: string, dir: string) => p.startsWith(dir.endsWith('/') ? dir : dir + '/')
+    const cands = [...new Set((ll0?.paths ?? []).map((r) => r.path))].filter(
+      (p) => under(p, '/tmp') && p !== plan.privateTmp && !under(p, plan.privateTmp!),
+    )
+    const outer = cands.filter((p) => !cands.some((q) => q !== p && under(p, q)))
+    for (const p of outer.sort()) a.push('--keep-path', p)
+  }
   if (plan.dropCapabilities) a.push('--drop-caps')
   const ll = plan.landlock
   if (ll) {
     a.push('--ll-fs', String(ll.handledFs), '--ll-net', String(ll.handledNet), '--ll-scope', String(ll.scoped))
     if (ll.restrictFlags) a.push('--ll-flags', String(ll.restrictFlags))
     for (const p of ll.paths) a.push(p.optional ? '--ll-path-opt' : '--ll-path', `${p.access}:${p.path}`)
+    if (plan.privateTmp && !ll.paths.some((p) => p.path === '/tmp')) {
+      // The private directory appears at /tmp; Landlock sees it through that mount, so /tmp gets
+      // exactly the rights the plan gives the directory itself (from the rules covering it).
+      let access = 0
+      for (const r of ll.paths)
+        if (r.path === plan.privateTmp || r.path === '/' || plan.privateTmp.startsWith(r.path + '/')) access |= r.access
+      if (access) a.push('--ll-path', `${access}:/tmp`)
+    }
     for (const p of ll.ports) a.push('--ll-port', `${p.access}:${p.port}`)
   }
   if (plan.seccomp) a.push('--seccomp', Buffer.from(plan.seccomp.filter.buffer, plan.seccomp.filter.byteOffset, plan.seccomp.filter.byteLength).toString('hex'))

@@ -4,7 +4,7 @@
  * result per (input, workspace, cwd, env) so repeated spawn() calls cost nothing, and checks the
  * plan's invariants the appliers rely on.
  */
-import * as policyApi from '../policy/index.js'
+import { loadPolicy, compilePlan } from '../policy/index.js'
 import type { Plan } from '../policy/plan.js'
 import { probe } from '../kernel/probe.js'
 
@@ -30,8 +30,8 @@ export function preparePlan(input: PolicyInput, opts: PrepareOptions = {}): Plan
   if (hit) return hit
   const loadOpts: { workspace?: string; cwd?: string } = { cwd }
   if (opts.workspace !== undefined) loadOpts.workspace = opts.workspace
-  const policy = policyApi.loadPolicy(input as string | object, loadOpts)
-  const plan = policyApi.compilePlan(policy, probe(), { env })
+  const policy = loadPolicy(input as string | object, loadOpts)
+  const plan = compilePlan(policy, probe(), { env })
   if (cache.size >= 32) cache.delete(cache.keys().next().value as string)
   cache.set(key, plan)
   return plan
