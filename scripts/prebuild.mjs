@@ -79,6 +79,12 @@ async function asNodeGyp(argv) {
   const cMakeOptions = {
     CMAKE_SHARED_LINKER_FLAGS: ADDON_LDFLAGS,
     CMAKE_EXE_LINKER_FLAGS: HELPER_LDFLAGS,
+    // Export only the N-API entry points (NAPI_MODULE_EXPORT); node-addon-api's inline C++ stays
+    // private, so two addons built against different node-addon-api versions cannot interpose.
+    CMAKE_C_VISIBILITY_PRESET: 'hidden',
+    CMAKE_CXX_VISIBILITY_PRESET: 'hidden',
+    CMAKE_VISIBILITY_INLINES_HIDDEN: 'ON',
+    CMAKE_POLICY_DEFAULT_CMP0063: 'NEW',
   }
   if (arch !== hostArch()) cMakeOptions.CMAKE_TOOLCHAIN_FILE = join(source, t.toolchain)
 
