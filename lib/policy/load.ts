@@ -136,6 +136,7 @@ function schemaErrors(errors: ErrorObject[], layer: Layer): PolicyError[] {
   // For anyOf: when every branch failed on the value's type, report the anyOf (with x-allowed);
   // otherwise the value had the right type and the branch errors below it say what is wrong.
   const drop = new Set<ErrorObject>()
+  const allowedOf = new Map<ErrorObject, string>()
   for (const any of errors.filter((e) => e.keyword === 'anyOf')) {
     const inner = errors.filter((e) => e !== any && e.schemaPath.startsWith(any.schemaPath.replace(/\/anyOf$/, '/anyOf/')))
     const shapeOnly = (e: ErrorObject) => e.instancePath === any.instancePath && ['type', 'enum', 'const'].includes(e.keyword)
@@ -143,6 +144,8 @@ function schemaErrors(errors: ErrorObject[], layer: Layer): PolicyError[] {
     else {
       drop.add(any)
       inner.filter(shapeOnly).forEach((e) => drop.add(e))
+      const xa = (any.parentSchema as Record<string, unknown> | undefined)?.['x-allowed']
+      if (typeof xa === 'string') for (const e of inner) if (e.instancePath === any.instancePath && !allowedOf.has(e)) allowedOf.set(e, xa)
     }
   }
   const out: PolicyError[] = []
@@ -154,7 +157,7 @@ function schemaErrors(errors: ErrorObject[], layer: Layer): PolicyError[] {
     let problem: string
     let hint: string | undefined
     const ps = (e.parentSchema ?? {}) as Record<string, unknown>
-    const allowed = typeof ps['x-allowed'] === 'string' ? (ps['x-allowed'] as string) : undefined
+    const allowed = typeof ps['x-allowed'] === 'string' ? (ps['x-allowed'] as string) : allowedOf.get(e)
     const val = JSON.stringify(e.data)
     switch (e.keyword) {
       case 'additionalProperties': {
