@@ -140,7 +140,7 @@ export class TelegramAdapter implements ChannelAdapter {
       return
     }
     if (m.from.is_bot) return
-    const text = typeof m.text === 'string' ? m.text : typeof m.caption === 'string' ? m.caption : ''
+    const text = (typeof m.text === 'string' && m.text) || (typeof m.caption === 'string' && m.caption) || ''
     const isGroup = m.chat.type !== 'private'
     const uname = this.me?.username?.toLowerCase()
     const entities = m.entities ?? m.caption_entities ?? []
