@@ -60,16 +60,17 @@ export async function recorder(target: { host: string; port: number }, received:
   }
 }
 
-export async function startRouter(configText: string, opts: Partial<RouterOptions> & { keys?: Record<string, string> } = {}): Promise<Harness> {
+export async function startRouter(configText: string | ((dir: string) => string), opts: Partial<RouterOptions> & { keys?: Record<string, string> } = {}): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'cordon-router-test-'))
   const configPath = join(dir, 'router.yaml')
   const keysPath = join(dir, 'keys.json')
   const controlPath = join(dir, 'control.sock')
-  writeFileSync(configPath, configText)
+  writeFileSync(configPath, typeof configText === 'function' ? configText(dir) : configText)
   for (const [k, v] of Object.entries(opts.keys ?? { openai: REAL_KEY, anthropic: REAL_ANT_KEY })) setKey(keysPath, k, v)
   const logs: string[] = []
   const auditRaw: string[] = []
   const { keys: _k, ...rest } = opts
+  if (rest.state === undefined) rest.state = null
   const router = await PrivacyRouter.start({
     config: configPath,
     listen: ['127.0.0.1:0'],
@@ -84,7 +85,7 @@ export async function startRouter(configText: string, opts: Partial<RouterOption
   const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))]
   const received: Buffer[] = []
   const rec = await recorder({ host, port }, received)
-  return {
+  const harness: Harness = {
     router,
     dir,
     configPath,
@@ -98,10 +99,11 @@ export async function startRouter(configText: string, opts: Partial<RouterOption
     writeConfig: (text: string) => writeFileSync(configPath, text),
     close: async () => {
       await rec.close()
-      await router.close()
+      await harness.router.close()
       rmSync(dir, { recursive: true, force: true })
     },
   }
+  return harness
 }
 
 /** A request on the control unix socket. */
@@ -132,4 +134,17 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 export function writeSecretFile(path: string, content: string): void {
   writeFileSync(path, content)
   chmodSync(path, 0o600)
+}
+
+/** POST JSON over a unix socket (a per-sandbox listener). */
+export async function unixPost(socketPath: string, path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, unknown>; json: any }> {
+  const { Agent, request } = await import('undici')
+  const agent = new Agent({ connect: { socketPath } })
+  try {
+    const r = await request(`http://localhost${path}`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+    const text = await r.body.text()
+    return { status: r.statusCode, headers: r.headers, json: JSON.parse(text) }
+  } finally {
+    await agent.close()
+  }
 }
