@@ -1,0 +1,153 @@
+/**
+ * From a resolved cordon.yaml to the four command lines the supervisor runs. The services are
+ * reached only through their CLIs (DESIGN.md: services never import each other):
+ *
+ *   cordon engine  --policy P --listen H:P --control S --router H:P --gateway H:P --audit F --state D
+ *   cordon router  --config F --listen H:P --control S [--keys F] --audit F --state D
+ *   cordon gateway --config F --agent-listen H:P --control S --audit F --state D
+ *   cordon run     --policy P --workspace W --gate H:P -- AGENT...
+ *
+ * Each service runs under its own cordon policy (profiles/services/NAME.yaml, network: host)
+ * through `cordon run`, so a bug in one cannot read another's secrets.
+ */
+import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
+import { controlSocket } from './runtime.js'
+
+export interface ComponentSpec {
+  name: ComponentName
+  argv: string[]
+  env: Record<string, string>
+  cwd?: string
+  /** control socket polled for GET /health (the agent has none: running == healthy) */
+  control?: string
+  listen?: string
+  stateDir?: string
+  audit?: string
+  startTimeoutMs: number
+  healthIntervalMs: number
+  healthFailures: number
+}
+
+/** How to run `cordon` itself: CORDON_SELF (JSON argv) or this very program. */
+export function cordonSelf(): string[] {
+  const env = process.env.CORDON_SELF
+  if (env) {
+    const v = JSON.parse(env) as unknown
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new Error('CORDON_SELF must be a JSON array of strings, e.g. ["node","/usr/lib/cordon/bin/cordon.js"]')
+    return v as string[]
+  }
+  const here = fileURLToPath(import.meta.url)
+  const isTs = here.endsWith('.ts')
+  const main = join(dirname(here), '..', 'cli', isTs ? 'main.ts' : 'main.js')
+  if (isTs) {
+    // run through tsx's loader, whatever wrapper started us
+    const loader = resolve(PKG_ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')
+    return [process.execPath, '--import', existsSync(loader) ? `file://${loader}` : 'tsx', main]
+  }
+  return [process.execPath, main]
+}
+
+/** The minimal environment every component gets: the operator's shell env never leaks in. */
+export function baseEnv(): Record<string, string> {
+  const keep = ['PATH', 'LANG', 'LC_ALL', 'TZ', 'NODE_ENV']
+  const out: Record<string, string> = {}
+  for (const k of keep) if (process.env[k]) out[k] = process.env[k]!
+  if (!out.PATH) out.PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  return out
+}
+
+export function componentDirs(cfg: CordonConfig, name: ComponentName) {
+  const dir = join(cfg.stateDir, name)
+  return { dir, state: join(dir, 'state'), audit: join(dir, 'audit.jsonl') }
+}
+
+/** Every audit trail cordon up's components write (for `cordon logs`). */
+export function auditFiles(cfg: CordonConfig): Array<{ component: string; file: string }> {
+  return (['engine', 'router', 'gateway'] as const).map((c) => ({ component: c, file: componentDirs(cfg, c).audit }))
+}
+
+function firstExisting(...files: string[]): string | undefined {
+  return files.find((f) => existsSync(f))
+}
+
+export function defaultRouterConfig(): string | undefined {
+  return firstExisting(resolve(PKG_ROOT, 'profiles', 'router.default.yaml'), resolve(PKG_ROOT, 'profiles', 'router.example.yaml'))
+}
+export function defaultGatewayConfig(): string | undefined {
+  return firstExisting(resolve(PKG_ROOT, 'profiles', 'gateway.default.yaml'), resolve(PKG_ROOT, 'profiles', 'gateway.example.yaml'))
+}
+
+export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
+  const self = cordonSelf()
+  const rt = cfg.runtimeDir
+  const specs: ComponentSpec[] = []
+  const confine = (name: 'engine' | 'router' | 'gateway', argv: string[]): string[] => {
+    const s = cfg[name]
+    if (!s.confine) return argv
+    return [...self, 'run', '--policy', s.servicePolicy, '--', ...argv]
+  }
+
+  {
+    const d = componentDirs(cfg, 'engine')
+    const control = controlSocket(rt, 'engine')
+    const argv = [
+      ...(cfg.engine.exec ?? [...self, 'engine']),
+      '--policy', cfg.policy,
+      '--listen', cfg.engine.listen,
+      '--control', control,
+      '--router', cfg.router.listen,
+      '--gateway', cfg.gateway.agentListen,
+      '--audit', d.audit,
+      '--state', d.state,
+      ...cfg.engine.args,
+    ]
+    specs.push({ name: 'engine', argv: confine('engine', argv), env: { ...baseEnv(), ...cfg.engine.env }, control, listen: cfg.engine.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.engine.startTimeoutMs, healthIntervalMs: cfg.engine.healthIntervalMs, healthFailures: cfg.engine.healthFailures })
+  }
+  {
+    const d = componentDirs(cfg, 'router')
+    const control = controlSocket(rt, 'router')
+    const config = cfg.router.config ?? defaultRouterConfig()
+    const argv = [
+      ...(cfg.router.exec ?? [...self, 'router']),
+      ...(config ? ['--config', config] : []),
+      '--listen', cfg.router.listen,
+      '--control', control,
+      ...(cfg.router.keys ? ['--keys', cfg.router.keys] : []),
+      '--audit', d.audit,
+      '--state', d.state,
+      ...cfg.router.args,
+    ]
+    specs.push({ name: 'router', argv: confine('router', argv), env: { ...baseEnv(), ...cfg.router.env }, control, listen: cfg.router.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.router.startTimeoutMs, healthIntervalMs: cfg.router.healthIntervalMs, healthFailures: cfg.router.healthFailures })
+  }
+  {
+    const d = componentDirs(cfg, 'gateway')
+    const control = controlSocket(rt, 'gateway')
+    const config = cfg.gateway.config ?? defaultGatewayConfig()
+    const argv = [
+      ...(cfg.gateway.exec ?? [...self, 'gateway']),
+      ...(config ? ['--config', config] : []),
+      '--agent-listen', cfg.gateway.agentListen,
+      '--control', control,
+      '--audit', d.audit,
+      '--state', d.state,
+      ...cfg.gateway.args,
+    ]
+    specs.push({ name: 'gateway', argv: confine('gateway', argv), env: { ...baseEnv(), ...cfg.gateway.env }, control, listen: cfg.gateway.agentListen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.gateway.startTimeoutMs, healthIntervalMs: cfg.gateway.healthIntervalMs, healthFailures: cfg.gateway.healthFailures })
+  }
+  {
+    const a = cfg.agent
+    const argv = !a.confine
+      ? a.command
+      : [...(a.exec ?? [...self, 'run']), '--policy', cfg.policy, '--workspace', a.workspace, '--gate', cfg.engine.listen, '--', ...a.command]
+    specs.push({ name: 'agent', argv, env: { ...baseEnv(), HOME: join(a.workspace, '.home'), ...a.env }, cwd: a.workspace, startTimeoutMs: 10_000, healthIntervalMs: 1000, healthFailures: 1 })
+  }
+  return specs
+}
+
+export function specHash(s: ComponentSpec): string {
+  return createHash('sha256').update(JSON.stringify([s.argv, s.env, s.cwd ?? ''])).digest('hex').slice(0, 16)
+}
