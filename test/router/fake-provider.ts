@@ -234,7 +234,7 @@ export class FakeProvider extends EventEmitter {
       await send(ev('message_start', { type: 'message_start', message: { id: 'msg_fake', type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: usage.input, output_tokens: 1 } } }))
       await send(ev('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }))
       for (const [i, w] of pieces.entries()) {
-        if (die && i === 2) return void req.socket.destroy()
+        if (die && i === 2) return void (await sleep(30), req.socket.destroy())
         await send(ev('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: w } }))
       }
       await send(ev('content_block_stop', { type: 'content_block_stop', index: 0 }))
@@ -245,7 +245,7 @@ export class FakeProvider extends EventEmitter {
       await send(ev('response.created', { type: 'response.created', sequence_number: 0, response: { ...base, status: 'in_progress' } }))
       let seq = 1
       for (const [i, w] of pieces.entries()) {
-        if (die && i === 2) return void req.socket.destroy()
+        if (die && i === 2) return void (await sleep(30), req.socket.destroy())
         await send(ev('response.output_text.delta', { type: 'response.output_text.delta', sequence_number: seq++, item_id: 'msg_fake', output_index: 0, content_index: 0, delta: w }))
       }
       await send(ev('response.completed', { type: 'response.completed', sequence_number: seq, response: { ...base, status: 'completed', usage: { input_tokens: usage.input, output_tokens: usage.output, total_tokens: usage.input + usage.output } } }))
@@ -254,7 +254,7 @@ export class FakeProvider extends EventEmitter {
       const base = { id: 'chatcmpl_fake', object: chat ? 'chat.completion.chunk' : 'text_completion', created: 0, model }
       if (chat) await send(ev(null, { ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }))
       for (const [i, w] of pieces.entries()) {
-        if (die && i === 2) return void req.socket.destroy()
+        if (die && i === 2) return void (await sleep(30), req.socket.destroy())
         await send(ev(null, { ...base, choices: [chat ? { index: 0, delta: { content: w }, finish_reason: null } : { index: 0, text: w, finish_reason: null }] }))
       }
       await send(ev(null, { ...base, choices: [chat ? { index: 0, delta: {}, finish_reason: 'stop' } : { index: 0, text: '', finish_reason: 'stop' }] }))
