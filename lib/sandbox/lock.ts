@@ -259,7 +259,7 @@ function realOr(p: string): string {
 export function preflight(plan: Plan, helper: string): void {
   if (plan.landlock) {
     for (const r of plan.landlock.paths) {
-      if (r.optional) continue
+      if (r.optional || plan.mkdirs.some((d) => d === r.path || d.startsWith(r.path + '/'))) continue // created by the helper
       try {
         statSync(r.path)
       } catch (err) {

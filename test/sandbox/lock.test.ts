@@ -34,7 +34,8 @@ function runChild(cfg: Record<string, unknown>, extraEnv: Record<string, string>
 
 function setup(t: { teardown(fn: () => void): void }) {
   const workspace = tempDir(t)
-  const outside = tempDir(t, 'cordon-outside-')
+  // not under /tmp: with a private /tmp a secret there would merely be hidden, not denied
+  const outside = tempDir(t, 'cordon-outside-', '/var/tmp')
   const secret = join(outside, 'secret.txt')
   writeFileSync(secret, 'TOP SECRET')
   return { workspace, outside, secret }
@@ -43,7 +44,7 @@ function setup(t: { teardown(fn: () => void): void }) {
 t.test('hand-made plan: every thread is confined after lock() (re-exec below ABI 8)', { skip }, async (t) => {
   const s = setup(t)
   const r = runChild({ kind: 'hand', ...s })
-  t.equal(r.status, 0, r.stderr)
+  t.equal(r.status, 0, r.out.lockError ?? r.stderr)
   const o = r.out
   t.match(r.stderr, /lock-child: run pid=\d+ marker=no worker-read=ok/, 'control: a worker could read the secret before lock()')
   t.equal(o.report?.mode, abi >= 8 ? 'tsync' : 'reexec')
@@ -79,6 +80,34 @@ t.test('a forged marker in an unconfined process is caught by verification', { s
 t.test('a marker from another pid is ignored (a normal lock follows)', { skip }, async (t) => {
   const s = setup(t)
   const r = runChild({ kind: 'hand', ...s }, { CORDON_LOCK_REEXEC: JSON.stringify({ v: 1, pid: 1, hash: 'x', netns: 'y' }) })
-  t.equal(r.status, 0, r.stderr)
+  t.equal(r.status, 0, r.out.lockError ?? r.stderr)
   t.equal(r.out.readAsync, 'EACCES')
+})
+
+t.test('default agent policy (+ the repo read-only, executable): lock() confines every thread', { skip }, async (t) => {
+  const s = setup(t)
+  const repo = fileURLToPath(new URL('../..', import.meta.url))
+  // executable: tsx (which runs this TypeScript fixture) starts esbuild from node_modules
+  const r = runChild({ kind: 'policy', policy: { filesystem: { executable: [repo] } }, ...s })
+  t.equal(r.status, 0, r.out.lockError ?? r.stderr)
+  const o = r.out
+  t.equal(o.report?.mode, 'reexec', 'network none and a private /tmp need the re-exec path')
+  t.equal(o.report?.network, 'none')
+  t.ok(o.report?.seccomp?.instructions > 10, 'the agent seccomp filter is installed')
+  t.equal(o.readSync, 'EACCES')
+  t.equal(o.readAsync, 'EACCES')
+  t.equal(o.workerBefore, 'EACCES')
+  t.equal(o.workerAfter, 'EACCES')
+  t.equal(o.readAllowed, 'ok')
+  t.equal(o.writeOutside, 'EACCES')
+  t.equal(o.writeInside, 'ok')
+  t.equal(o.key, null, 'OPENAI_API_KEY scrubbed')
+})
+
+t.test('lock() refuses, before re-exec, a policy under which the launcher could not run', { skip }, async (t) => {
+  const s = setup(t)
+  const r = runChild({ kind: 'policy', policy: {}, ...s })
+  t.equal(r.status, 3)
+  t.match(r.out.lockError, /would not be readable in the re-executed, confined process; add its directory to filesystem.read_only/)
+  t.equal((r.stderr.match(/lock-child: run/g) ?? []).length, 1, 'no re-exec happened')
 })
