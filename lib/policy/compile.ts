@@ -105,13 +105,13 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
 
   // requirements first: refuse to start below them
   if (req.landlockAbi !== null && abi < req.landlockAbi)
-    throw perr({ ...req.origin, field: 'requirements.landlock_abi' },
+    throw perr(req.origins.landlockAbi,
       `the policy requires Landlock ABI ${req.landlockAbi}; this kernel has ${abi === 0 ? 'no Landlock' : `ABI ${abi}`}`,
       'run on a newer kernel (cordon doctor shows what it has), or lower the requirement')
   for (const r of req.rights) {
     const need = INTRODUCED_IN[r] ?? Infinity
     if (need > abi)
-      throw perr({ ...req.origin, field: 'requirements.rights' },
+      throw perr(req.origins.rights,
         `the policy requires ${r}, which needs Landlock ABI ${need}; this kernel has ${abi === 0 ? 'no Landlock' : `ABI ${abi}`}`,
         'run on a newer kernel, or remove the right from requirements.rights')
   }
@@ -126,7 +126,7 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
   const proxy = policy.network.mode === 'proxy'
   if (abi === 0) {
     if (req.landlockAbi !== 0)
-      throw perr({ ...req.origin, field: 'requirements.landlock_abi' },
+      throw perr(req.origins.landlockAbi,
         'this kernel has no Landlock, so the filesystem cannot be confined; cordon refuses to run unconfined',
         'enable Landlock (lsm=...,landlock on the kernel command line), or accept it explicitly with requirements.landlock_abi: 0')
     lost.push('Landlock: absent on this kernel, so NO filesystem confinement (accepted by requirements.landlock_abi: 0)')
@@ -178,7 +178,9 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     // a rule under another rule that already grants all of its rights adds nothing (Landlock
     // unions the rights of every rule on the path): drop it to keep the plan short
     const list = [...rules.values()]
-    const paths = list.filter((r) => !list.some((o) => o !== r && under(r.path, o.path) && (r.access & ~o.access) === 0 && (!o.optional || r.optional)))
+    // (never the private /tmp: it is mounted on /tmp, where the workspace is not on its path walk)
+    const paths = list.filter((r) => r.path === privateTmp ||
+      !list.some((o) => o !== r && under(r.path, o.path) && (r.access & ~o.access) === 0 && (!o.optional || r.optional)))
     landlock = { handledFs: all, handledNet, scoped: scopesAt(abi), restrictFlags: 0, paths, ports }
 
     // what this ABI cannot enforce, in words
@@ -209,7 +211,7 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
   }
 
   if (!req.bestEffort && lost.length)
-    throw perr({ ...req.origin, field: 'requirements.best_effort' },
+    throw perr(req.origins.bestEffort,
       `this kernel cannot enforce everything the policy asks (best_effort is false): ${lost.join('; ')}`,
       'run on a newer kernel, or set requirements.best_effort: true to run with what it has')
 

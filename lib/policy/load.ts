@@ -468,7 +468,11 @@ function resolve(m: Record<string, unknown>, layers: Layer[], top: Layer, opts: 
       landlockAbi: typeof reqAbi === 'number' ? reqAbi : null,
       rights: (req.rights ?? []) as string[],
       bestEffort: req.best_effort !== false,
-      origin: origin(['requirements']),
+      origins: {
+        landlockAbi: origin(['requirements', 'landlock_abi']),
+        rights: origin(['requirements', 'rights']),
+        bestEffort: origin(['requirements', 'best_effort']),
+      },
     },
     filesystem: { workspace, system: fsIn.system === true, readOnly, readWrite, executable, home, tmp },
     network,

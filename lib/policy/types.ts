@@ -54,7 +54,8 @@ export interface ResolvedPolicy {
     rights: string[]
     /** true: run with what the kernel has and report the rest in plan.lost */
     bestEffort: boolean
-    origin: Origin
+    /** where each requirement was set (for errors at compile time) */
+    origins: { landlockAbi: Origin; rights: Origin; bestEffort: Origin }
   }
   filesystem: {
     /** absolute workspace directory (read-write), or null when the policy has none */
