@@ -27,7 +27,7 @@ function load(file?: string): CordonConfig {
 }
 
 /** Validators of the files cordon.yaml names, loaded from their owners' modules when present. */
-async function checkers(): Promise<Partial<Record<'policy' | 'router' | 'gateway' | 'service_policy', FileChecker>>> {
+async function checkers(cfg: CordonConfig): Promise<Partial<Record<'policy' | 'router' | 'gateway' | 'service_policy', FileChecker>>> {
   const out: Partial<Record<'policy' | 'router' | 'gateway' | 'service_policy', FileChecker>> = {}
   const tryImport = async (m: string) => {
     try {
@@ -38,16 +38,19 @@ async function checkers(): Promise<Partial<Record<'policy' | 'router' | 'gateway
   }
   const pol = await tryImport('../policy/index.js')
   if (pol && typeof pol.loadPolicy === 'function') {
-    const lp = pol.loadPolicy as (f: string) => unknown
-    out.policy = async (f) => {
+    const lp = pol.loadPolicy as (f: string, o: { workspace?: string }) => unknown
+    const withWs = (workspace: string): FileChecker => async (f) => {
       try {
-        lp(f)
+        lp(f, { workspace })
         return []
       } catch (e) {
         return [(e as Error).message]
       }
     }
-    out.service_policy = out.policy
+    mkdirSync(cfg.agent.workspace, { recursive: true, mode: 0o700 })
+    out.policy = withWs(cfg.agent.workspace)
+    mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 })
+    out.service_policy = withWs(cfg.stateDir)
   }
   const rc = await tryImport('../router/config.js')
   const routerLoad = (rc?.loadRouterConfig ?? rc?.loadConfig) as ((f: string) => unknown) | undefined
@@ -120,7 +123,7 @@ async function up(opts: { file?: string; detach?: boolean; check?: boolean }, ag
   const cfg = load(opts.file)
   if (agent.length) cfg.agent.command = agent
   if (opts.check || opts.detach) {
-    const problems = await checkConfigSet(cfg, await checkers())
+    const problems = await checkConfigSet(cfg, await checkers(cfg))
     if (problems.length) fail(`configuration has ${problems.length} problem(s):\n  ${problems.join('\n  ')}`, 2)
     if (opts.check) {
       process.stdout.write(`${cfg.source}: ok (policy ${cfg.policy}; router ${cfg.router.config ?? 'default'}; gateway ${cfg.gateway.config ?? 'default'})\n`)

@@ -199,6 +199,13 @@ function service(raw: RawService | undefined, name: ServiceName, base: string): 
 export const DEFAULT_AGENT_POLICY = resolve(PKG_ROOT, 'profiles', 'agent.default.yaml')
 export const REFERENCE_AGENT = resolve(PKG_ROOT, 'examples', 'agent', 'agent.mjs')
 
+/** node + the reference agent; in a checkout without dist/ it needs tsx's loader for cordon/agent. */
+export function referenceAgentCommand(): string[] {
+  if (existsSync(resolve(PKG_ROOT, 'dist', 'agent', 'index.js'))) return [process.execPath, REFERENCE_AGENT]
+  const loader = resolve(PKG_ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')
+  return [process.execPath, '--import', `file://${loader}`, REFERENCE_AGENT]
+}
+
 /** Load, validate and resolve a cordon.yaml (or the embedded default). */
 export function loadConfig(file?: string): CordonConfig {
   const path = locateConfig(file)
@@ -238,7 +245,7 @@ export function resolveConfig(raw: RawConfig, path: string): CordonConfig {
       config: raw.gateway?.config ? p(raw.gateway.config) : undefined,
     },
     agent: {
-      command: a.command ?? [process.execPath, REFERENCE_AGENT],
+      command: a.command ?? referenceAgentCommand(),
       workspace: a.workspace ? p(a.workspace) : resolve(stateDir, 'workspace'),
       env: a.env ?? {},
       onExit: a.on_exit ?? 'restart',

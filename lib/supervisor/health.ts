@@ -63,7 +63,9 @@ export async function unixJson<T = unknown>(socketPath: string, path: string, op
 /** One health probe: true when GET /health answers 2xx within the timeout. */
 export async function checkHealth(socketPath: string, timeoutMs = 1000): Promise<{ ok: boolean; detail?: string }> {
   try {
-    const r = await unixRequest(socketPath, '/health', { timeoutMs })
+    let r = await unixRequest(socketPath, '/health', { timeoutMs })
+    // the gateway's control API is versioned (/v1/health)
+    if (r.status === 404) r = await unixRequest(socketPath, '/v1/health', { timeoutMs })
     if (r.status >= 200 && r.status < 300) return { ok: true }
     return { ok: false, detail: `HTTP ${r.status} ${r.body.slice(0, 200)}` }
   } catch (e) {
