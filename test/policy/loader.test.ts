@@ -65,6 +65,11 @@ t.test('bad files: each error names file:line: field and what is allowed', async
   }
 })
 
+t.test('a missing file', async (t) => {
+  const e = errorOf(() => loadPolicy(path.join(dir, 'nope.yaml')))
+  t.match(e.message, /nope\.yaml: no such file; give the path of a policy file/)
+})
+
 t.test('several problems are reported together', async (t) => {
   const f = write('many.yaml', 'version: 1\nnetwrk: none\nfilesystem:\n  sytem: true\n')
   const e = errorOf(() => loadPolicy(f))
