@@ -1,0 +1,112 @@
+/**
+ * `cordon run` (run a command confined, exit with its status) and `cordon doctor` (what this
+ * kernel can enforce, and what a policy would lose here).
+ */
+import type { Command } from 'commander'
+import { resolve } from 'node:path'
+import { loadPolicy, compilePlan, PolicyError } from '../policy/index.js'
+import { doctor, probe, type DoctorReport } from '../kernel/probe.js'
+import { runPlan } from '../sandbox/spawn.js'
+
+interface RunOpts { policy?: string; profile?: string; workspace?: string }
+
+function policyInput(o: { policy?: string; profile?: string }): string | object {
+  if (o.policy && o.profile) throw Object.assign(new Error('use either --policy FILE or --profile NAME, not both'), { exitCode: 2 })
+  if (o.policy) return resolve(o.policy)
+  if (o.profile) return { extends: o.profile }
+  return {}
+}
+
+export async function runCommand(cmd: string, args: string[], o: RunOpts): Promise<number> {
+  const workspace = resolve(o.workspace ?? process.cwd())
+  const policy = loadPolicy(policyInput(o), { workspace, cwd: process.cwd() })
+  const plan = compilePlan(policy, probe(), { env: process.env })
+  for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+  return runPlan(plan, cmd, args, { cwd: process.cwd() })
+}
+
+function yesNo(b: boolean | null): string {
+  return b === null ? 'unknown' : b ? 'yes' : 'no'
+}
+
+export function formatDoctor(r: DoctorReport): string {
+  const f = r.features
+  const ll = r.landlock
+  const lines = [
+    `kernel        ${r.kernel} (${f.arch})`,
+    `landlock      ${ll.abi === 0 ? 'absent' : `ABI ${ll.abi}`}`,
+  ]
+  if (ll.abi > 0) {
+    lines.push(`  filesystem  ${ll.fs.join(', ')}`)
+    lines.push(`  network     ${ll.net.length ? ll.net.join(', ') : 'none (needs ABI 4)'}`)
+    lines.push(`  scoping     ${ll.scopes.length ? ll.scopes.join(', ') : 'none (needs ABI 6)'}`)
+    lines.push(`  log flags   ${yesNo(ll.logFlags)}`)
+    lines.push(`  all-thread restrict (TSYNC) ${yesNo(ll.tsync)}${ll.tsync ? '' : ' — lock() re-executes the process'}`)
+    if (ll.missing.length) lines.push(`  not here    ${ll.missing.join(', ')}`)
+  }
+  lines.push(
+    `seccomp       ${yesNo(f.seccomp)} (filter TSYNC ${yesNo(f.seccompTsync)})`,
+    `user ns       ${yesNo(f.userNamespaces)}`,
+    `network ns    ${yesNo(f.networkNamespaces)}${r.networkNamespaceWorks === null ? '' : ` (tried: ${r.networkNamespaceWorks ? 'works' : 'FAILED'})`}`,
+    `cgroup v2     ${yesNo(f.cgroupV2)}`,
+    `root          ${yesNo(f.isRoot)}`,
+    `helper        ${r.helper ?? 'NOT FOUND'}`,
+  )
+  if (r.addonError) lines.push(`addon         ${r.addonError}`)
+  for (const n of r.notes) lines.push(`note: ${n}`)
+  return lines.join('\n') + '\n'
+}
+
+export function register(program: Command): void {
+  program
+    .command('run')
+    .description('run a command confined by a policy (default: the agent profile with the current directory as workspace); exits with its status, 128+signal when killed, 125 when cordon refused')
+    .option('--policy <file>', 'policy file (YAML or JSON)')
+    .option('--profile <name>', 'a shipped profile (profiles/<name>.yaml), e.g. agent')
+    .option('--workspace <dir>', 'read-write workspace (default: the current directory)')
+    .argument('<command>', 'the program to run (put `--` before it)')
+    .argument('[args...]', 'its arguments')
+    .action(async (cmd: string, args: string[], o: RunOpts) => {
+      try {
+        process.exitCode = await runCommand(cmd, args, o)
+      } catch (err) {
+        if (err instanceof PolicyError) throw Object.assign(err, { exitCode: 125 })
+        const e = err as NodeJS.ErrnoException & { exitCode?: number }
+        if (e.exitCode === undefined) e.exitCode = 125
+        throw e
+      }
+    })
+
+  program
+    .command('doctor')
+    .description('show what this kernel can enforce (Landlock ABI and rights, seccomp, TSYNC, namespaces, cgroup v2) and what a policy would lose here')
+    .option('--policy <file>', 'also compile this policy and list what it would lose on this kernel')
+    .option('--json', 'machine-readable output')
+    .action((o: { policy?: string; json?: boolean }) => {
+      const r = doctor()
+      let policyReport: { source: string; ok: boolean; lost: string[]; error?: string } | undefined
+      if (o.policy) {
+        const source = resolve(o.policy)
+        try {
+          const p = loadPolicy(source, { cwd: process.cwd() })
+          const plan = compilePlan(p, r.features, { env: process.env })
+          policyReport = { source, ok: true, lost: plan.lost }
+        } catch (err) {
+          if (!(err instanceof PolicyError)) throw err
+          policyReport = { source, ok: false, lost: [], error: err.message }
+        }
+      }
+      if (o.json) {
+        process.stdout.write(JSON.stringify({ ...r, policy: policyReport }, null, 2) + '\n')
+      } else {
+        process.stdout.write(formatDoctor(r))
+        if (policyReport) {
+          process.stdout.write(`\npolicy ${policyReport.source}: `)
+          if (!policyReport.ok) process.stdout.write(`would REFUSE to start here:\n  ${policyReport.error}\n`)
+          else if (!policyReport.lost.length) process.stdout.write('fully enforceable on this kernel\n')
+          else process.stdout.write(`runs, but loses:\n${policyReport.lost.map((l) => `  - ${l}`).join('\n')}\n`)
+        }
+      }
+      if (policyReport && !policyReport.ok) process.exitCode = 1
+    })
+}
