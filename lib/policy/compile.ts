@@ -27,7 +27,9 @@ const TTY = FS.read_file | FS.write_file | FS.truncate | FS.ioctl_dev | FS.read_
  * What `filesystem.system: true` grants. Read-only (+ execute for the program trees). /etc is
  * NOT granted whole: Landlock cannot deny inside an allowed tree, and /etc holds secrets
  * (/etc/shadow, /etc/ssh/*_key, sudoers, credentials of services), so only this secret-free
- * subset is granted. Absent entries are skipped. /dev/shm is not granted (shared with the host).
+ * subset is granted (no /etc/ssl/private, no /etc/environment, which sometimes carries proxy
+ * credentials). Absent entries are skipped. /dev/shm is not granted (shared with the host), nor
+ * /dev/pts (every terminal of the same user).
  */
 export const SYSTEM_PATHS: readonly { path: string; access: number; why: string }[] = [
   ...['/usr', '/bin', '/sbin', '/lib', '/lib64', '/lib32', '/libx32'].map((p) => ({ path: p, access: READ_EXEC, why: 'programs and libraries' })),
@@ -36,14 +38,18 @@ export const SYSTEM_PATHS: readonly { path: string; access: number; why: string 
     '/etc/passwd', '/etc/group', '/etc/nsswitch.conf', '/etc/host.conf', '/etc/hosts', '/etc/hostname',
     '/etc/resolv.conf', '/etc/gai.conf', '/etc/protocols', '/etc/services', '/etc/networks',
     '/etc/localtime', '/etc/timezone', '/etc/locale.alias', '/etc/locale.conf', '/etc/default/locale',
-    '/etc/ssl', '/etc/ca-certificates', '/etc/ca-certificates.conf', '/etc/pki', '/etc/crypto-policies',
+    // CA certificates and OpenSSL config only: /etc/ssl/private and /etc/pki/tls/private hold keys
+    '/etc/ssl/certs', '/etc/ssl/openssl.cnf', '/etc/ca-certificates', '/etc/ca-certificates.conf',
+    '/etc/pki/tls/certs', '/etc/pki/tls/cert.pem', '/etc/pki/tls/openssl.cnf', '/etc/pki/ca-trust', '/etc/crypto-policies',
     '/etc/alternatives', '/etc/os-release', '/etc/lsb-release', '/etc/debian_version', '/etc/issue',
     '/etc/mime.types', '/etc/magic', '/etc/terminfo', '/etc/inputrc', '/etc/bash.bashrc', '/etc/profile',
-    '/etc/profile.d', '/etc/environment', '/etc/gitconfig', '/etc/ssh/ssh_config', '/etc/ssh/ssh_config.d',
+    '/etc/profile.d', '/etc/gitconfig', '/etc/ssh/ssh_config', '/etc/ssh/ssh_config.d',
     '/etc/fonts', '/etc/xdg',
   ].map((p) => ({ path: p, access: READ, why: 'system configuration (a secret-free subset of /etc)' })),
   ...['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'].map((p) => ({ path: p, access: DEV_RW, why: 'standard devices' })),
-  ...['/dev/tty', '/dev/ptmx', '/dev/pts'].map((p) => ({ path: p, access: TTY, why: 'terminals' })),
+  // only the controlling terminal: /dev/pts would expose every terminal of the same user (reading
+  // another terminal steals its keystrokes); add /dev/ptmx + /dev/pts to allocate new terminals
+  { path: '/dev/tty', access: TTY, why: 'the controlling terminal' },
   { path: '/proc', access: READ, why: "process information (other processes' environ and mem stay out of reach: Landlock's ptrace scoping)" },
   { path: '/sys/devices/system/cpu', access: READ, why: 'CPU topology (os.cpus())' },
   { path: '/sys/fs/cgroup', access: READ, why: 'cgroup limits (available parallelism)' },

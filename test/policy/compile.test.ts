@@ -53,6 +53,8 @@ t.test('ABI 7: every fs right handled, masks per rule kind, scopes, nothing lost
   t.notOk(plan.landlock!.paths.some((r) => r.path === '/etc'), '/etc is not granted whole')
   t.notOk(plan.landlock!.paths.some((r) => r.path === '/etc/shadow'), '/etc/shadow is not granted')
   t.ok(rule(plan, '/etc/passwd'), '/etc/passwd is granted')
+  t.notOk(plan.landlock!.paths.some((r) => ['/etc/ssl', '/etc/ssl/private', '/etc/pki', '/etc/environment', '/dev/pts', '/dev/shm'].includes(r.path)),
+    'no private-key directories, /etc/environment, other terminals or shared memory')
   const devnull = rule(plan, '/dev/null')!
   t.equal(devnull.access & DIR_ONLY, 0, '/dev/null: no dir rights')
   t.ok(devnull.access & FS.write_file && devnull.access & FS.truncate, '/dev/null writable and truncatable (`> /dev/null`)')
