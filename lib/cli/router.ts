@@ -108,10 +108,9 @@ export function register(program: Command): void {
 
   router
     .command('check')
-    .description('Validate a router config (file:line errors) and report which keys resolve, without starting')
-    .option('--config <file>', 'router.yaml', 'router.yaml')
-    .option('--keys <file>', 'key store file', defaultKeyStorePath())
-    .action((o: { config: string; keys: string }) => {
+    .description('Validate a router config (file:line errors) and report which keys resolve, without starting (uses --config, --keys)')
+    .action((_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals() as { config: string; keys: string }
       let store = null
       try {
         store = openKeyStore(o.keys, false)
@@ -134,9 +133,10 @@ export function register(program: Command): void {
 
   router
     .command('status')
-    .description("Show the running router's routes, key presence (fingerprints only) and usage")
-    .requiredOption('--control <socket>', 'the router control socket')
-    .action(async (o: { control: string }) => {
+    .description("Show the running router's routes, key presence (fingerprints only) and usage (uses --control)")
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals() as { control?: string }
+      if (!o.control) fail('give --control SOCKET (the running router\'s control socket)')
       const r = await controlRequest(o.control, 'GET', '/status')
       process.stdout.write(r.body)
       if (r.status !== 200) process.exitCode = 1
@@ -144,9 +144,10 @@ export function register(program: Command): void {
 
   router
     .command('reload')
-    .description('Reload router.yaml and the key store now; an invalid config is rejected with file:line and the old one stays')
-    .requiredOption('--control <socket>', 'the router control socket')
-    .action(async (o: { control: string }) => {
+    .description('Reload router.yaml and the key store now; an invalid config is rejected with file:line and the old one stays (uses --control)')
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals() as { control?: string }
+      if (!o.control) fail('give --control SOCKET (the running router\'s control socket)')
       const r = await controlRequest(o.control, 'POST', '/reload')
       const body = JSON.parse(r.body) as { ok: boolean; changed?: boolean; error?: string; hash?: string }
       if (!body.ok) fail(body.error ?? 'reload failed', 2)

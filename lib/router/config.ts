@@ -309,6 +309,9 @@ function describe(e: ErrorObject): { message: string; keyOf?: string } {
       return { message: `${where}: missing required field "${(e.params as { missingProperty: string }).missingProperty}"` }
     case 'enum':
       return { message: `${where}: must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}` }
+    case 'type':
+      if (/\/key$/.test(e.instancePath)) return { message: `${where}: a key is never written inline in router.yaml; use key: {store: NAME} (after \`cordon keys set NAME\`), {env: VAR} or {file: PATH}` }
+      return { message: `${where}: ${e.message}` }
     case 'minProperties':
     case 'maxProperties':
       if (/\/key$/.test(e.instancePath)) return { message: `${where}: a key reference is exactly one of {env: NAME}, {file: PATH} or {store: NAME}` }
