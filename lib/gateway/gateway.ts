@@ -20,10 +20,14 @@ import { errorText, redact, redactValue } from './redact.js'
 import { splitText, LIMITS } from './text.js'
 import type { Incoming, OutboundReply, Route, StoredInbound } from './types.js'
 import { SendError, backoff, sleep, type ChannelAdapter, type ChannelContext, type ChannelState } from './channels/types.js'
-import { TelegramAdapter } from './channels/telegram.js'
-import { SlackAdapter } from './channels/slack.js'
-import { DiscordAdapter } from './channels/discord.js'
-import { WebhookAdapter } from './channels/webhook.js'
+
+// adapters load on demand: each pulls in its channel library (discord.js, @slack/web-api, grammy)
+const ADAPTERS: Record<ChannelConfig['type'], () => Promise<new (ctx: ChannelContext) => ChannelAdapter>> = {
+  telegram: async () => (await import('./channels/telegram.js')).TelegramAdapter,
+  slack: async () => (await import('./channels/slack.js')).SlackAdapter,
+  discord: async () => (await import('./channels/discord.js')).DiscordAdapter,
+  webhook: async () => (await import('./channels/webhook.js')).WebhookAdapter,
+}
 
 export interface GatewayOptions {
   config: GatewayConfig
@@ -179,8 +183,8 @@ export class Gateway {
         },
         setState: (state, detail) => this.setState(rt, state, detail ?? ''),
       }
-      rt.adapter =
-        c.type === 'telegram' ? new TelegramAdapter(ctx) : c.type === 'slack' ? new SlackAdapter(ctx) : c.type === 'discord' ? new DiscordAdapter(ctx) : new WebhookAdapter(ctx)
+      const Adapter = await ADAPTERS[c.type]()
+      rt.adapter = new Adapter(ctx)
       this.channels.set(c.name, rt)
     }
     const localCfg: ChannelConfig = { name: 'local', type: 'webhook', enabled: true, allow: ['operator'], pairing: false, require_mention: false, max_message_bytes: 1024 * 1024, rate_per_minute: 0 }

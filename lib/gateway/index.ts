@@ -4,6 +4,6 @@ export { loadConfig, parseConfig, ConfigError, type GatewayConfig, type ChannelC
 export { DurableLog } from './log.js'
 export { Inbox, Outbox } from './queue.js'
 export { splitText, toSlack, toTelegram, toDiscord, LIMITS } from './text.js'
-export { signWebhook } from './channels/webhook.js'
+export { signWebhook } from './webhook-sign.js'
 export { redact } from './redact.js'
 export type * from './types.js'

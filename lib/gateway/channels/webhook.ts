@@ -10,7 +10,8 @@
  * Outbound: replies are POSTed to reply_url, signed the same way, with Idempotency-Key
  * "<reply id>:<part>"; 2xx accepts, 429 + Retry-After is honoured, other 4xx drop the reply.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto'
+import { timingSafeEqual } from 'node:crypto'
+import { signWebhook } from '../webhook-sign.js'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errorText } from '../redact.js'
 import { LIMITS } from '../text.js'
@@ -19,9 +20,6 @@ import { SendError, fetchLimited, type Attachment, type ChannelAdapter, type Cha
 
 const WINDOW_S = 300
 
-export function signWebhook(secret: string, ts: number | string, body: string | Buffer): string {
-  return 'sha256=' + createHmac('sha256', secret).update(`${ts}.`).update(body).digest('hex')
-}
 
 export class WebhookAdapter implements ChannelAdapter {
   readonly type = 'webhook'

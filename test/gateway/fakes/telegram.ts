@@ -24,6 +24,7 @@ export class FakeTelegram {
   readonly scripts: Script[] = []
   readonly files = new Map<string, Buffer>()
   readonly me = { id: 999000, is_bot: true, first_name: 'Cordon', username: 'cordon_test_bot' }
+  readonly hung: import('node:http').ServerResponse[] = []
   private nextUpdate = 1
   private nextMessage = 1
   private waiters = new Set<() => void>()
@@ -114,6 +115,12 @@ export class FakeTelegram {
         const s = this.scripts.shift()
         if (s?.kind === '429') return json(res, 429, { ok: false, error_code: 429, description: `Too Many Requests: retry after ${s.retryAfter}`, parameters: { retry_after: s.retryAfter } })
         if (s?.kind === 'drop') return void res.socket?.destroy()
+        if (s?.kind === 'hang') {
+          // hold the request unanswered (as if the send never completed); dropped at releaseHung()
+          this.hung.push(res)
+          this.calls.push({ method: 'sendMessage(hung)', at: Date.now() })
+          return
+        }
         if (s?.kind === 'error') return json(res, s.status, { ok: false, error_code: s.status, description: s.description ?? 'Bad Request' })
         const rp = p.reply_parameters as { message_id?: number } | undefined
         this.sent.push({ chat_id: String(p.chat_id), text: String(p.text), ...(rp?.message_id ? { reply_to: rp.message_id } : {}), at: Date.now() })
@@ -129,7 +136,13 @@ export class FakeTelegram {
     }
   }
 
+  /** Drop held requests without a response: the message was never accepted. */
+  releaseHung(): void {
+    for (const r of this.hung.splice(0)) r.socket?.destroy()
+  }
+
   close(): Promise<void> {
+    this.releaseHung()
     for (const w of [...this.waiters]) w()
     return close(this.server)
   }

@@ -44,7 +44,7 @@ export function close(server: Server): Promise<void> {
 }
 
 /** What a scripted send does instead of succeeding. */
-export type Script = { kind: '429'; retryAfter: number } | { kind: 'drop' } | { kind: 'error'; status: number; description?: string }
+export type Script = { kind: 'ok' } | { kind: '429'; retryAfter: number } | { kind: 'drop' } | { kind: 'hang' } | { kind: 'error'; status: number; description?: string }
 
 export async function waitFor<T>(fn: () => T | undefined | false, timeoutMs = 10000, what = 'condition'): Promise<T> {
   const end = Date.now() + timeoutMs
