@@ -24,7 +24,6 @@ import {
   type NameDecision,
   checkAddress,
   decideName,
-  hasAllowCidr,
   normalizeHost,
   normalizePath,
   parseRule,
@@ -158,7 +157,7 @@ function splitHostPort(s: string): HostPort | null {
   const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:]+):(\d{1,5})$/.exec(s)
   if (!m) return null
   const port = Number(m[2])
-  if (port < 1 || port > 65535) return null
+  if (port > 65535) return null
   return { host: m[1]!, port }
 }
 
@@ -231,6 +230,7 @@ export class Engine {
       keepAlive: true,
       headersTimeout: this.opts.headersTimeoutMs ?? 15_000,
       requestTimeout: this.opts.requestTimeoutMs ?? 300_000,
+      connectionsCheckingInterval: Math.min(1_000, this.opts.headersTimeoutMs ?? 15_000),
     } as http.ServerOptions)
     server.keepAliveTimeout = 5_000
     server.on('connection', (s: net.Socket) => this.onConnection(s))
@@ -518,10 +518,22 @@ export class Engine {
     return this.opts.sandboxId ?? a
   }
 
+  private idTokens = 20
+  private idRefill = Date.now()
+  /** /proc walk for the client's pid and binary; rate-limited (20/s) so a loop of denied requests
+   * cannot stall the gate with /proc walks. */
   private async identify(conn: ConnState): Promise<PeerProcess | null> {
     if ((this.opts.identify ?? 'flagged') === 'none') return null
-    const timeout = new Promise<null>((r) => setTimeout(() => r(null), 500).unref())
-    return Promise.race([findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort).catch(() => null), timeout])
+    const nowMs = Date.now()
+    this.idTokens = Math.min(20, this.idTokens + ((nowMs - this.idRefill) / 1000) * 20)
+    this.idRefill = nowMs
+    if (this.idTokens < 1) return null
+    this.idTokens--
+    try {
+      return findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort)
+    } catch {
+      return null
+    }
   }
 
   private denyOutcome(id: string, reason: string, rule: Rule | null, t: Target, status = 403, pendingId: string | null = null): Outcome {
@@ -546,64 +558,46 @@ export class Engine {
       const net = this.policy.network
       let name: NameDecision = decideName(net, this.session, t)
       let pendingId: string | null = null
-      const cidrs = hasAllowCidr(net, this.session)
-      if (name.action === 'unlisted' && !cidrs) {
-        if (net.unlisted === 'ask') {
-          peer = await this.identify(conn)
-          const r = await this.ask(t, conn, via, peer, id)
-          pendingId = r.pendingId
-          if (r.ok) name = { action: 'allow', rule: null, reason: r.why }
-          else name = { action: 'deny', rule: null, reason: r.why }
-        }
+      if (name.action === 'unlisted' && net.unlisted === 'ask') {
+        peer = await this.identify(conn)
+        const r = await this.ask(t, conn, via, peer, id)
+        pendingId = r.pendingId
+        name = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
       }
-      if (name.action === 'deny' || (name.action === 'unlisted' && !cidrs)) {
+      if (name.action !== 'allow') {
         out = this.denyOutcome(id, name.action === 'deny' ? name.reason : 'no rule allows it', name.rule, t, 403, pendingId)
       } else {
         // resolve (or reuse this connection's resolution for the same generation) and check every address
         const ck = `${t.host}|${t.port}`
         const cached = conn.cache.get(ck)
-        let addrs: string[]
+        let addrs: string[] = []
+        let err: string | null = null
         try {
           addrs = cached && cached.gen === gen ? [cached.address] : await this.resolve(t.host)
         } catch (e) {
-          addrs = []
-          out = this.denyOutcome(id, `${t.host} does not resolve (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, null, t, 502)
+          err = (e as NodeJS.ErrnoException).code ?? (e as Error).message
         }
         if (addrs.length === 0) {
-          out ??= this.denyOutcome(id, `${t.host} does not resolve`, null, t, 502)
+          out = this.denyOutcome(id, `${t.host} does not resolve${err ? ` (${err})` : ''}`, null, t, 502, pendingId)
         } else {
+          // every address the name resolves to must pass: a mixed answer is a rebinding attempt
           const own = this.ownAddresses()
           let chosen: string | null = null
-          let decided: { action: string; rule: Rule | null; reason: string } | null = null
+          let bad: { rule: Rule | null; reason: string } | null = null
           for (const a of addrs) {
             const pa = parseIP(a)
             if (!pa) continue
             const d = checkAddress(net, this.session, t, pa, own.has(formatIP(pa)), name)
             if (d.action !== 'allow') {
-              decided = d
-              chosen = null
+              bad = d
               break
             }
-            if (!chosen) {
-              chosen = formatIP(pa)
-              decided = d
-            }
+            chosen ??= formatIP(pa)
           }
-          if (decided && decided.action === 'unlisted' && net.unlisted === 'ask' && pendingId === null) {
-            peer = await this.identify(conn)
-            const r = await this.ask(t, conn, via, peer, id)
-            pendingId = r.pendingId
-            if (r.ok && chosen === null && addrs.length) {
-              const pa = parseIP(addrs[0]!)!
-              const d = checkAddress(net, this.session, t, pa, own.has(formatIP(pa)), { action: 'allow', rule: null, reason: r.why })
-              decided = d
-              chosen = d.action === 'allow' ? formatIP(pa) : null
-            } else decided = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
-          }
-          if (decided && decided.action === 'allow' && chosen) {
-            out = { id, action: 'allow', status: 200, reason: decided.reason, rule: decided.rule ? `${decided.rule.text} (${decided.rule.origin})` : null, address: chosen, port: t.port, service: null, pendingId }
+          if (!bad && chosen) {
+            out = { id, action: 'allow', status: 200, reason: name.reason, rule: name.rule ? `${name.rule.text} (${name.rule.origin})` : pendingId ? `approval:${pendingId}` : null, address: chosen, port: t.port, service: null, pendingId }
           } else {
-            out = this.denyOutcome(id, decided?.action === 'unlisted' || !decided ? 'no rule allows it' : decided.reason, decided?.rule ?? null, t, 403, pendingId)
+            out = this.denyOutcome(id, bad?.reason ?? `${t.host} has no usable address`, bad?.rule ?? null, t, 403, pendingId)
           }
         }
       }
@@ -841,7 +835,7 @@ export class Engine {
     let upgradePath = ''
     if (via === 'connect') {
       const hp = splitHostPort(req.url ?? '')
-      if (!hp) {
+      if (!hp || hp.port === 0) {
         const body = `cordon egress gate: CONNECT needs host:port (e.g. CONNECT example.com:443), got "${(req.url ?? '').slice(0, 100)}".\n`
         sock.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
         return

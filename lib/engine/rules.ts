@@ -16,10 +16,12 @@
  *
  * Decision order: deny rules, then allow rules (policy, presets, session approvals), then the
  * session's operator denials, then the policy default (`unlisted: ask | deny`).
- * Addresses: a name is allowed by host rules, then resolved by the gate; every address it
- * resolves to must pass `checkAddress` (deny CIDRs; loopback, link-local, metadata, private and
- * other special ranges and the host's own addresses are refused unless an allow rule names that
- * range or a smaller one inside it; 0.0.0.0/0 does not count as naming them).
+ * Addresses: a name is allowed by host rules only (a CIDR rule never allows a name), then resolved
+ * by the gate; every address it resolves to must pass `checkAddress` (deny CIDRs; loopback,
+ * link-local, metadata, private and other special ranges and the host's own addresses are refused
+ * unless an allow CIDR rule names that range or a smaller one inside it: 0.0.0.0/0 does not count).
+ * A CIDR allow rule allows IP-literal destinations inside it (CONNECT 203.0.113.7:443) and opens
+ * its range to allowed names.
  */
 import { isIP } from 'node:net'
 import {
@@ -341,30 +343,29 @@ export function checkAddress(
       return { action: 'deny', rule: r, reason: `${t.host} resolves to ${shown}, denied by rule ${describeRule(r)}` }
     }
   }
-  const allowCidrs = [...net.allow, ...session.allow].filter(
-    (r) => r.kind === 'cidr' && cidrContains(r.cidr!, a) && portMatches(r, t.port) && httpMatches(r, t, false),
-  )
+  if (name.action !== 'allow') return { action: name.action, rule: name.rule, reason: name.reason }
   const sp = specialRange(a)
   if (sp || hostOwn) {
-    // only a rule naming this range (or a narrower one inside it) opens it
-    const opener = allowCidrs.find((r) => (sp ? cidrWithin(r.cidr!, sp.cidr) : r.cidr!.bits === 128))
+    // only an allow rule naming this range (or a narrower one inside it; for the host's own
+    // addresses: the address itself) opens it
+    const opener = [...net.allow, ...session.allow].find(
+      (r) =>
+        r.kind === 'cidr' &&
+        cidrContains(r.cidr!, a) &&
+        (sp ? cidrWithin(r.cidr!, sp.cidr) : r.cidr!.bits === 128) &&
+        portMatches(r, t.port) &&
+        httpMatches(r, t, false),
+    )
     if (!opener) {
-      const what = hostOwn ? "an address of the engine's own host" : `a ${sp!.kind} address`
+      const what = hostOwn && !sp ? "an address of the engine's own host" : `a ${sp!.kind} address${hostOwn ? " of the engine's own host" : ''}`
       return {
         action: 'deny',
         rule: null,
         reason: `${t.host} resolves to ${shown}, ${what}; only an allow rule naming that range (cidr) opens it`,
       }
     }
-    if (name.action === 'allow' || name.action === 'unlisted') {
-      return { action: 'allow', rule: name.rule ?? opener, reason: name.action === 'allow' ? name.reason : `allowed by rule ${describeRule(opener)}` }
-    }
   }
-  if (name.action === 'allow') return { action: 'allow', rule: name.rule, reason: name.reason }
-  if (name.action === 'deny') return { action: 'deny', rule: name.rule, reason: name.reason }
-  const r = allowCidrs[0]
-  if (r) return { action: 'allow', rule: r, reason: `allowed by rule ${describeRule(r)}` }
-  return { action: 'unlisted', rule: null, reason: name.reason }
+  return { action: 'allow', rule: name.rule, reason: name.reason }
 }
 
 /** Whether any allow rule is a CIDR (then an unlisted name is resolved before asking). */

@@ -1,0 +1,219 @@
+/** Shared helpers for the engine tests: an upstream "internet" on 127.0.0.2, raw proxy clients. */
+import http from 'node:http'
+import net from 'node:net'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const CLI = path.join(ROOT, 'test', 'engine', 'fixtures', 'cli.ts')
+
+export function tmpdir(prefix = 'cordon-engine-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+export interface Upstream {
+  port: number
+  host: string
+  requests: Array<{ method: string; url: string; host: string | undefined; headers: http.IncomingHttpHeaders }>
+  close(): Promise<void>
+}
+
+/** The stand-in for the internet: answers "hello <path>", /big?n=BYTES streams n bytes, /slow trickles. */
+export async function startUpstream(host = '127.0.0.2'): Promise<Upstream> {
+  const requests: Upstream['requests'] = []
+  const server = http.createServer((req, res) => {
+    requests.push({ method: req.method!, url: req.url!, host: req.headers.host, headers: req.headers })
+    const u = new URL(req.url!, 'http://x')
+    if (u.pathname === '/big') {
+      const n = Number(u.searchParams.get('n') ?? 1e6)
+      const chunk = Buffer.alloc(64 * 1024, 120)
+      res.writeHead(200, { 'content-length': n })
+      let left = n
+      const pump = () => {
+        while (left > 0) {
+          const c = left >= chunk.length ? chunk : chunk.subarray(0, left)
+          left -= c.length
+          if (!res.write(c)) return void res.once('drain', pump)
+        }
+        res.end()
+      }
+      return pump()
+    }
+    if (u.pathname === '/slow') {
+      res.writeHead(200, { 'content-type': 'text/plain' })
+      const t = setInterval(() => res.write('x'.repeat(1000)), 20)
+      res.on('close', () => clearInterval(t))
+      return
+    }
+    let body = ''
+    req.on('data', (c) => (body += c))
+    req.on('end', () => {
+      const text = `hello ${req.method} ${req.url}${body ? ` body=${body}` : ''}`
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(text) })
+      res.end(text)
+    })
+  })
+  server.keepAliveTimeout = 10_000
+  await new Promise<void>((r) => server.listen(0, host, () => r()))
+  return {
+    host,
+    port: (server.address() as net.AddressInfo).port,
+    requests,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections()
+        server.close(() => r())
+      }),
+  }
+}
+
+export interface RawResponse {
+  status: number
+  head: string
+  body: string
+}
+
+function parseResponse(buf: string): RawResponse {
+  const i = buf.indexOf('\r\n\r\n')
+  const head = i >= 0 ? buf.slice(0, i) : buf
+  const body = i >= 0 ? buf.slice(i + 4) : ''
+  const m = /^HTTP\/1\.[01] (\d{3})/.exec(head)
+  return { status: m ? Number(m[1]) : 0, head, body }
+}
+
+/** Send raw bytes to the proxy and read until it closes (or timeout). */
+export function rawExchange(port: number, data: string | Buffer, timeoutMs = 10_000, host = '127.0.0.1'): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host })
+    let buf = ''
+    const timer = setTimeout(() => {
+      s.destroy()
+      resolve({ ...parseResponse(buf), status: parseResponse(buf).status || -1 })
+    }, timeoutMs)
+    s.on('connect', () => s.write(data))
+    s.on('data', (c) => (buf += c.toString('latin1')))
+    s.on('close', () => {
+      clearTimeout(timer)
+      resolve(parseResponse(buf))
+    })
+    s.on('error', (e) => {
+      clearTimeout(timer)
+      if (buf) resolve(parseResponse(buf))
+      else reject(e)
+    })
+  })
+}
+
+/** GET http://host:port/path through the proxy (absolute-URI form), Connection: close. */
+export function viaProxy(proxyPort: number, url: string, method = 'GET', extraHeaders = ''): Promise<RawResponse> {
+  const u = new URL(url)
+  return rawExchange(proxyPort, `${method} ${url} HTTP/1.1\r\nHost: ${u.host}\r\n${extraHeaders}Connection: close\r\n\r\n`)
+}
+
+/** CONNECT target through the proxy; on 200 sends an HTTP GET inside the tunnel. */
+export function connectVia(proxyPort: number, target: string, inner?: { path: string; host: string }): Promise<RawResponse & { inner?: RawResponse }> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port: proxyPort, host: '127.0.0.1' })
+    let buf = ''
+    let established = false
+    let innerBuf = ''
+    s.on('connect', () => s.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`))
+    s.on('data', (c) => {
+      if (established) {
+        innerBuf += c.toString('latin1')
+        return
+      }
+      buf += c.toString('latin1')
+      const i = buf.indexOf('\r\n\r\n')
+      if (i >= 0) {
+        const r = parseResponse(buf)
+        if (r.status === 200 && inner) {
+          established = true
+          innerBuf = buf.slice(i + 4)
+          s.write(`GET ${inner.path} HTTP/1.1\r\nHost: ${inner.host}\r\nConnection: close\r\n\r\n`)
+        }
+      }
+    })
+    s.on('close', () => resolve({ ...parseResponse(buf.split('\r\n\r\n')[0] + '\r\n\r\n' + (established ? '' : buf.slice(buf.indexOf('\r\n\r\n') + 4))), inner: established ? parseResponse(innerBuf) : undefined }))
+    s.on('error', reject)
+    setTimeout(() => s.destroy(), 10_000).unref()
+  })
+}
+
+export interface EngineProc {
+  child: ChildProcess
+  ready: { gate: { host: string; port: number }; control: string; pid: number }
+  stderr: () => string
+  stop(): Promise<void>
+}
+
+/** Run `cordon engine` in a child process (through the test CLI entry) and wait for its ready line. */
+export async function spawnEngine(args: string[], env: NodeJS.ProcessEnv = {}): Promise<EngineProc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'engine', ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let err = ''
+  child.stderr!.on('data', (c) => (err += c))
+  const ready = await new Promise<EngineProc['ready']>((resolve, reject) => {
+    let out = ''
+    const t = setTimeout(() => reject(new Error(`engine did not start in 30 s: ${err}`)), 30_000)
+    child.stdout!.on('data', (c) => {
+      out += c
+      const nl = out.indexOf('\n')
+      if (nl >= 0) {
+        clearTimeout(t)
+        resolve(JSON.parse(out.slice(0, nl)))
+      }
+    })
+    child.on('exit', (code) => {
+      clearTimeout(t)
+      reject(new Error(`engine exited with ${code}: ${err}`))
+    })
+  })
+  return {
+    child,
+    ready,
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const done = new Promise((r) => child.once('exit', r))
+      child.kill('SIGTERM')
+      await done
+    },
+  }
+}
+
+/** Run a CLI command of ours (test entry) and collect its output. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, ...env } })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c) => (stdout += c))
+    child.stderr.on('data', (c) => (stderr += c))
+    child.on('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }))
+  })
+}
+
+export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 10_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+export function readAudit(file: string): Array<Record<string, unknown>> {
+  if (!fs.existsSync(file)) return []
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l))
+}
