@@ -286,7 +286,8 @@ export function loadPolicy(input: string | object, opts: LoadOptions = {}): Reso
   if (typeof input === 'string') {
     layer = readLayer(input)
   } else if (isPlainObject(input)) {
-    const data = { version: 1, ...(input as Record<string, unknown>) }
+    // fields set to undefined (`{ workspace: opts.dir }` with no dir) count as omitted
+    const data = { version: 1, ...(dropUndefined(input) as Record<string, unknown>) }
     layer = { data, file: opts.source ?? '<policy object>', dir: path.resolve(opts.cwd ?? process.cwd()) }
   } else {
     throw new PolicyError({ file: opts.source, problem: 'a policy must be a file path or an object', hint: 'e.g. { filesystem: { workspace: "/path" } }' })
@@ -483,6 +484,12 @@ function resolve(m: Record<string, unknown>, layers: Layer[], top: Layer, opts: 
       capabilities: 'none',
     },
   }
+}
+
+function dropUndefined(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(dropUndefined)
+  if (isPlainObject(v)) return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== undefined).map(([k, x]) => [k, dropUndefined(x)]))
+  return v
 }
 
 function expandHome(p: string): string {

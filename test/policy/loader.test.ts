@@ -118,6 +118,8 @@ t.test('opts.workspace overrides; relative paths resolve against the file / cwd'
   t.equal(q.filesystem.readOnly[1]!.path, path.join(dir, 'extra-ro', 'sub'), '${workspace} follows the override')
   const r = loadPolicy({ filesystem: { workspace: 'ws' } }, { cwd: dir })
   t.equal(r.filesystem.workspace, ws, 'object paths against opts.cwd')
+  const u = loadPolicy({ filesystem: { workspace: undefined, tmp: undefined } }, { workspace: ws })
+  t.equal(u.filesystem.tmp, 'private', 'undefined fields count as omitted')
   const opt = loadPolicy({ filesystem: { workspace: ws, read_write: [{ path: '/no/such', optional: true }] } })
   t.same(opt.filesystem.readWrite.map((e) => [e.path, e.optional]), [['/no/such', true]], 'a missing optional path is fine')
   const e = errorOf(() => loadPolicy({ filesystem: { workspace: '/tmp' } }, { workspace: '/no/where' }))
