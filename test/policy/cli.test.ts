@@ -1,4 +1,5 @@
-// `cordon policy check` and `cordon policy explain`, through the real CLI entry.
+// `cordon policy check` and `cordon policy explain`, run as a command (policy area only; lib/cli/index.ts
+// registers the same module in the full CLI).
 import t from 'tap'
 import path from 'node:path'
 import fs from 'node:fs'
@@ -6,9 +7,8 @@ import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-const tsx = path.join(root, 'node_modules/.bin/tsx')
 const cordon = (...args: string[]) => {
-  const r = spawnSync(tsx, [path.join(root, 'lib/cli/main.ts'), ...args], { encoding: 'utf8', cwd: dir, timeout: 60_000 })
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'test/policy/fixtures/policy-cli.ts'), ...args], { encoding: 'utf8', cwd: dir, timeout: 60_000 })
   return { code: r.status, out: r.stdout, err: r.stderr }
 }
 const dir = t.testdir({
