@@ -108,9 +108,9 @@ export function rawExchange(port: number, data: string | Buffer, timeoutMs = 10_
 }
 
 /** GET http://host:port/path through the proxy (absolute-URI form), Connection: close. */
-export function viaProxy(proxyPort: number, url: string, method = 'GET', extraHeaders = ''): Promise<RawResponse> {
+export function viaProxy(proxyPort: number, url: string, method = 'GET', extraHeaders = '', timeoutMs = 10_000): Promise<RawResponse> {
   const u = new URL(url)
-  return rawExchange(proxyPort, `${method} ${url} HTTP/1.1\r\nHost: ${u.host}\r\n${extraHeaders}Connection: close\r\n\r\n`)
+  return rawExchange(proxyPort, `${method} ${url} HTTP/1.1\r\nHost: ${u.host}\r\n${extraHeaders}Connection: close\r\n\r\n`, timeoutMs)
 }
 
 /** CONNECT target through the proxy; on 200 sends an HTTP GET inside the tunnel. */
