@@ -4,7 +4,7 @@
  * use policyCommand(program) to find or create it.)
  */
 import type { Command } from 'commander'
-import { PolicyError, compilePlan, disassemble, explainPlan, loadPolicy, loadProfile } from '../policy/index.js'
+import { PolicyError, compilePlan, disassemble, explainPlan, loadPolicy, loadProfile, planWarnings } from '../policy/index.js'
 import type { KernelFeatures, Arch } from '../policy/plan.js'
 import type { ResolvedPolicy } from '../policy/types.js'
 
@@ -73,6 +73,7 @@ export function register(program: Command): void {
         const plan = compilePlan(p, await features(o))
         process.stdout.write(`${p.source}: OK (Landlock ABI ${plan.abi}, ${plan.landlock?.paths.length ?? 0} path rules, seccomp ${plan.seccomp ? `${plan.seccomp.source} ${plan.seccomp.filter.length / 8} instructions` : 'none'}, network ${p.network.mode})\n`)
         for (const l of plan.lost) process.stdout.write(`  lost on this kernel: ${l}\n`)
+        for (const w of planWarnings(plan)) process.stdout.write(`  warning: ${w}\n`)
       } catch (e) {
         report(e)
       }

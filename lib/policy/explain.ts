@@ -49,6 +49,24 @@ function errnoName(n: number): string {
   return names[n] ? ` (${names[n]})` : ''
 }
 
+/**
+ * Things that will probably surprise the user, e.g. PATH directories the sandbox cannot execute
+ * from (a passed PATH with ~/.nvm/bin or pyenv shims). Advice only; the plan is unchanged.
+ */
+export function planWarnings(plan: Plan): string[] {
+  const out: string[] = []
+  if (!plan.landlock) return out
+  const execRoots = plan.landlock.paths.filter((r) => (r.access & FS.execute) !== 0).map((r) => r.path)
+  const covered = (d: string) => execRoots.some((r) => r === '/' || d === r || d.startsWith(r + '/'))
+  const dirs = (plan.env.PATH ?? '').split(':').filter((d) => d.startsWith('/'))
+  // merged-/usr systems: /bin is a symlink into /usr; compare by the usual aliases too
+  const alias = (d: string) => d.replace(/^\/(bin|sbin|lib|lib64)(\/|$)/, '/usr/$1$2')
+  const missing = [...new Set(dirs.filter((d) => !covered(d) && !covered(alias(d))))]
+  if (missing.length)
+    out.push(`PATH lists directories the sandbox cannot execute from: ${missing.join(', ')} (add them to filesystem.executable, or drop them from PATH)`)
+  return out
+}
+
 export function explainPlan(plan: Plan, policy: ResolvedPolicy): string {
   const out: string[] = []
   const say = (s = '') => out.push(s)
@@ -136,6 +154,13 @@ export function explainPlan(plan: Plan, policy: ResolvedPolicy): string {
   say(`  rlimits: ${plan.rlimits.length ? plan.rlimits.map((r) => `${r.resource}=${r.soft === r.hard ? fmt(r.soft) : `${fmt(r.soft)}/${fmt(r.hard)}`}`).join(', ') : '(inherited)'}`)
   say(`  capabilities: ${plan.dropCapabilities ? 'all dropped; no_new_privs set' : 'kept'}`)
   say()
+
+  const warnings = planWarnings(plan)
+  if (warnings.length) {
+    say('Warnings')
+    for (const w of warnings) say(`  - ${w}`)
+    say()
+  }
 
   say('Lost on this kernel')
   if (plan.lost.length) for (const l of plan.lost) say(`  - ${l}`)

@@ -11,6 +11,6 @@ export type { OciSeccompProfile, OciSyscall, OciArg, OciAction, OciOp } from './
 export { parseOciProfile, validateOciProfile } from './seccomp/oci.js'
 export { compilePlan, planHash, SYSTEM_PATHS } from './compile.js'
 export type { CompileOptions } from './compile.js'
-export { explainPlan } from './explain.js'
+export { explainPlan, planWarnings } from './explain.js'
 export { compileSeccomp, compileSeccompDetailed, disassemble, SYSCALL_TABLES, THIRTY_TWO_BIT_ARGS } from './seccomp/compile.js'
 export type { SeccompCompileResult } from './seccomp/compile.js'

@@ -3,7 +3,7 @@
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
-import { compilePlan, explainPlan, loadPolicy, PolicyError, SYSTEM_PATHS } from '../../lib/policy/index.js'
+import { compilePlan, explainPlan, loadPolicy, planWarnings, PolicyError, SYSTEM_PATHS } from '../../lib/policy/index.js'
 import type { KernelFeatures, Plan, ResolvedPolicy } from '../../lib/policy/index.js'
 import { FS, NET, SCOPE, DIR_ONLY, fsRightsAt } from '../../lib/kernel/abi.js'
 
@@ -182,6 +182,16 @@ t.test('every system path is absolute and has a reason', async (t) => {
     t.ok(path.isAbsolute(s.path) && s.why.length > 0, s.path)
     t.notOk(/^\/etc\/(shadow|gshadow|sudoers|ssh\/ssh_host)/.test(s.path), `${s.path} is not a secret`)
   }
+})
+
+t.test('warnings: PATH directories the sandbox cannot execute from', async (t) => {
+  const p = policy()
+  const plan = compilePlan(p, features(7), { env: { PATH: `/usr/local/bin:/bin:${path.join(dir, 'bin')}:/root/.pyenv/shims` } })
+  t.same(planWarnings(plan), [
+    'PATH lists directories the sandbox cannot execute from: /root/.pyenv/shims (add them to filesystem.executable, or drop them from PATH)',
+  ])
+  t.match(explainPlan(plan, p), /Warnings\n {2}- PATH lists directories the sandbox cannot execute from: \/root\/\.pyenv\/shims/)
+  t.same(planWarnings(compilePlan(p, features(7), { env })), [], 'no warning for system PATHs')
 })
 
 t.test('explainPlan says it in words', async (t) => {
