@@ -175,7 +175,10 @@ export function parseConfig(text: string, file: string): GatewayConfig {
     const lines = (validate.errors ?? [])
       .filter((e) => e.keyword !== 'if')
       .slice(0, 10)
-      .map((e) => `${where(e.instancePath)}: ${e.instancePath || '(top level)'}: ${describe(e)}`)
+      .map((e) => {
+        const extra = e.keyword === 'additionalProperties' ? `/${(e.params as { additionalProperty: string }).additionalProperty}` : ''
+        return `${where(e.instancePath + extra)}: ${e.instancePath || '(top level)'}: ${describe(e)}`
+      })
     throw new ConfigError(`invalid gateway config:\n  ${lines.join('\n  ')}\nSee profiles/gateway.example.yaml for a complete example.`)
   }
   const limits = (raw.limits ?? {}) as { max_message_bytes?: number; rate_per_minute?: number }
