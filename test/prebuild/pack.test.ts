@@ -121,7 +121,7 @@ t.test('install with no compiler, then run confined commands', async (t) => {
   writeFileSync(secret, 'TOP-SECRET-OUTSIDE-WORKSPACE\n')
   const cordon = (args: string[]) => sh('npx', ['--no', 'cordon', ...args], { cwd: app, env, timeout: 60_000 })
 
-  const ok = cordon(['run', '--workspace', ws, '--', 'sh', '-c', 'cat hello.txt && echo written > out.txt && head -n1 /etc/os-release'])
+  const ok = cordon(['run', '--workspace', ws, '--', 'sh', '-c', `cat ${ws}/hello.txt && echo written > ${ws}/out.txt && head -n1 /etc/os-release`])
   t.equal(ok.status, 0, `cordon run succeeded${ok.status ? `: ${ok.stderr}` : ''}`)
   t.match(ok.stdout, /hello from the workspace/, 'the confined command read its workspace')
   t.match(ok.stdout, /^(PRETTY_)?NAME=/m, 'and the system files it needs')
