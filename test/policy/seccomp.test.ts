@@ -241,23 +241,42 @@ t.test('precedence, OR on repeated indices, skipped names, errno defaults', asyn
 })
 
 t.test('jumps longer than 255 instructions', async (t) => {
-  // one syscall with many conditional entries: the jump over its block is far
-  const many = Array.from({ length: 120 }, (_, i) => ({
-    names: ['ioctl'], action: 'SCMP_ACT_ERRNO' as const, errnoRet: 1 + (i % 100),
-    args: [{ index: 2, value: 1000 + i, op: 'SCMP_CMP_EQ' as const }],
+  // two syscalls with many conditional entries: the jump to the second body crosses the first
+  const block = (name: string, n: number, base: number) => Array.from({ length: n }, (_, i) => ({
+    names: [name], action: 'SCMP_ACT_ERRNO' as const, errnoRet: 1 + (i % 100),
+    args: [{ index: 2, value: base + i, op: 'SCMP_CMP_EQ' as const }],
   }))
   const prof: OciSeccompProfile = {
     defaultAction: 'SCMP_ACT_ALLOW',
-    syscalls: [...many, { names: ['ptrace'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }],
+    syscalls: [...block('ioctl', 120, 1000), ...block('madvise', 120, 5000), { names: ['ptrace'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }],
   }
   const prog = compileSeccomp(prof, 'x86_64')
-  t.ok(prog.length / 8 > 600, `program has ${prog.length / 8} instructions`)
+  t.ok(prog.length / 8 > 1000, `program has ${prog.length / 8} instructions`)
   t.match(disassemble(prog, 'x86_64'), /\bja\s+\d+/, 'long jumps were emitted')
   const X = SYSCALL_TABLES.x86_64
-  t.equal(run(prog, { nr: X.ptrace!, arch: AUDIT_ARCH_X86_64 }), EPERM, 'the syscall after the long block is reached')
+  t.equal(run(prog, { nr: X.ptrace!, arch: AUDIT_ARCH_X86_64 }), EPERM)
   t.equal(run(prog, { nr: X.ioctl!, arch: AUDIT_ARCH_X86_64, args: [0, 0, 1000 + 119] }), ERRNO(1 + (119 % 100)))
+  t.equal(run(prog, { nr: X.madvise!, arch: AUDIT_ARCH_X86_64, args: [0, 0, 5000 + 7] }), ERRNO(8), 'the body past the long jump is reached')
+  t.equal(run(prog, { nr: X.madvise!, arch: AUDIT_ARCH_X86_64, args: [0, 0, 4] }), ALLOW)
   t.equal(run(prog, { nr: X.ioctl!, arch: AUDIT_ARCH_X86_64, args: [0, 0, 5] }), ALLOW)
   t.equal(run(prog, { nr: X.getpid!, arch: AUDIT_ARCH_X86_64 }), ALLOW)
+})
+
+t.test('a profile naming every syscall dispatches each to its own rule', async (t) => {
+  for (const arch of ['x86_64', 'aarch64'] as const) {
+    const table = SYSCALL_TABLES[arch]
+    const names = Object.keys(table)
+    const prof: OciSeccompProfile = {
+      defaultAction: 'SCMP_ACT_KILL_PROCESS',
+      syscalls: names.map((n) => ({ names: [n], action: 'SCMP_ACT_ERRNO' as const, errnoRet: table[n]! % 4000 + 1 })),
+    }
+    const prog = compileSeccomp(prof, arch)
+    const archNo = arch === 'x86_64' ? AUDIT_ARCH_X86_64 : AUDIT_ARCH_AARCH64
+    let bad = 0
+    for (const n of names) if (run(prog, { nr: table[n]!, arch: archNo }) !== ERRNO(table[n]! % 4000 + 1)) bad++
+    t.equal(bad, 0, `${arch}: all ${names.length} syscalls reach their own rule`)
+    t.equal(run(prog, { nr: 1000, arch: archNo }), 0x80000000, `${arch}: an unknown number gets the default`)
+  }
 })
 
 t.test('bad profiles are PolicyErrors with file:line:field', async (t) => {

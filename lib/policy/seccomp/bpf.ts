@@ -236,6 +236,7 @@ export function disassemble(prog: Uint8Array, arch: Arch, names?: Readonly<Recor
       text = `${mn.padEnd(4)} ${hex(ins.k).padEnd(12)} jt ${pc + 1 + ins.jt}  jf ${pc + 1 + ins.jf}`
       if (aIn[pc] === 'nr' && byNr.has(ins.k) && ins.code === BPF.JEQ_K) note = byNr.get(ins.k)!
       else if (aIn[pc] === 'nr' && ins.k === X32_SYSCALL_BIT) note = 'x32 syscall bit'
+      else if (aIn[pc] === 'nr' && ins.code === BPF.JGE_K) note = `nr >= ${ins.k}${byNr.has(ins.k) ? ` (${byNr.get(ins.k)})` : ''}`
       else if (aIn[pc] === 'arch') note = ins.k === AUDIT_ARCH[arch] ? `AUDIT_ARCH_${arch.toUpperCase()}` : 'foreign arch'
     }
     switch (ins.code) {

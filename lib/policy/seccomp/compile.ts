@@ -6,11 +6,13 @@
  * Program shape:
  *   1. A = arch; anything but the native AUDIT_ARCH -> ERRNO(deny errno)     (foreign arch)
  *   2. A = nr; on x86_64, nr >= 0x40000000 (the x32 ABI bit) -> ERRNO          (x32)
- *   3. one block per syscall that has entries, in profile order of first mention:
- *        jeq nr -> block, else next block
- *        block: entries WITH argument conditions first, then entries without, each in
- *        profile order; the first entry that matches decides; none -> defaultAction.
- *   4. defaultAction
+ *   3. a binary search on nr over the syscalls the profile names (jge splits, jeq leaves of up
+ *      to 4); a syscall it does not name -> defaultAction
+ *   4. one block per named syscall: entries WITH argument conditions first, then entries
+ *      without, each in profile order; the first entry that matches decides; none ->
+ *      defaultAction. Arguments are only loaded inside a block, so for every syscall whose
+ *      result does not depend on arguments the kernel's seccomp action cache (Linux >= 5.11)
+ *      skips the filter entirely.
  * The deny errno of steps 1-2 is the profile's defaultErrnoRet, else EPERM.
  *
  * Argument conditions: all conditions of one entry must hold (AND), except when an entry
@@ -203,10 +205,43 @@ export function compileSeccompDetailed(profile: OciSeccompProfile, arch: Arch): 
     asm.ret(deny)
     asm.bind(notX32)
   }
-  for (const [nr, g] of groups) {
-    const body = asm.label(`body-${g.name}`)
-    const next = asm.label(`after-${g.name}`)
-    asm.jmp(BPF.JEQ_K, nr, body, next)
+  // dispatch on nr with a binary search (a few compares per syscall, however long the profile),
+  // linear in leaves of up to 4; every syscall body follows the search tree
+  // a syscall whose first applicable entry is unconditional jumps straight to a shared return
+  const shared = new Map<number, Label>()
+  const simple = (g: { cond: Rule[]; plain: Rule[] }) => g.cond.length === 0 && g.plain.length > 0
+  const sorted = [...groups.entries()].sort((a, b) => a[0] - b[0]).map(([nr, g]) => {
+    if (!simple(g)) return { nr, g, body: asm.label(`body-${g.name}`) }
+    const ret = g.plain[0]!.ret
+    if (!shared.has(ret)) shared.set(ret, asm.label(`ret-${ret}`))
+    return { nr, g, body: shared.get(ret)! }
+  })
+  const tree = (lo: number, hi: number): void => {
+    if (hi - lo <= 4) {
+      for (let i = lo; i < hi; i++) {
+        const next = asm.label('next')
+        asm.jmp(BPF.JEQ_K, sorted[i]!.nr, sorted[i]!.body, next)
+        asm.bind(next)
+      }
+      asm.ret(dflt)
+      return
+    }
+    const mid = (lo + hi) >> 1
+    const left = asm.label('lt')
+    const right = asm.label('ge')
+    asm.jmp(BPF.JGE_K, sorted[mid]!.nr, right, left)
+    asm.bind(left)
+    tree(lo, mid)
+    asm.bind(right)
+    tree(mid, hi)
+  }
+  tree(0, sorted.length)
+  for (const [ret, label] of shared) {
+    asm.bind(label)
+    asm.ret(ret)
+  }
+  for (const { g, body } of sorted) {
+    if (simple(g)) continue
     asm.bind(body)
     const is32 = new Set(THIRTY_TWO_BIT_ARGS[g.name] ?? [])
     for (const rule of [...g.cond, ...g.plain]) {
@@ -217,9 +252,7 @@ export function compileSeccompDetailed(profile: OciSeccompProfile, arch: Arch): 
       if (rule.args.length === 0) break // an unconditional entry ends the block
     }
     if (g.plain.length === 0) asm.ret(dflt)
-    asm.bind(next)
   }
-  asm.ret(dflt)
   return { program: asm.assemble(), skipped: [...skipped].sort(), inapplicable }
 }
 
