@@ -8,6 +8,8 @@
  *   prebuilds/linux-arm64/cordon-exec
  *
  * Usage: node scripts/prebuild.mjs [--arch x64,arm64] [--out DIR] [--quiet]
+ *        node scripts/prebuild.mjs --check   exit 1 unless every prebuild exists and is newer than
+ *                                            native/, CMakeLists.txt and this script (for prepack)
  *
  * How: prebuildify does the naming (node-gyp-build's tag rules: `<name>[.<libc>].node`, N-API so
  * no ABI tag), the stripping and the prebuilds/<platform>-<arch>/ layout. prebuildify 6 only knows
@@ -32,7 +34,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { copyFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { arch as hostArch, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -110,13 +112,14 @@ async function asNodeGyp(argv) {
 // Mode 2: `npm run prebuild`
 // ---------------------------------------------------------------------------------------------
 function parseArgs(argv) {
-  const out = { arches: ['x64', 'arm64'], out: ROOT, quiet: false }
+  const out = { arches: ['x64', 'arm64'], out: ROOT, quiet: false, check: false }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--arch') out.arches = argv[++i].split(',').filter(Boolean)
     else if (a.startsWith('--arch=')) out.arches = a.slice(7).split(',').filter(Boolean)
     else if (a === '--out') out.out = resolve(argv[++i])
     else if (a === '--quiet') out.quiet = true
+    else if (a === '--check') out.check = true
     else die(`unknown option ${a}; usage: prebuild.mjs [--arch x64,arm64] [--out DIR] [--quiet]`)
   }
   return out
@@ -157,8 +160,25 @@ function neededOf(file) {
   return [...r.stdout.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1])
 }
 
+/** --check: are the prebuilds there and newer than what they are built from? */
+function check(args, pkg) {
+  const src = [join(ROOT, 'CMakeLists.txt'), SELF, ...readdirSync(join(ROOT, 'native')).map((f) => join(ROOT, 'native', f))]
+  const newestSource = Math.max(...src.filter(existsSync).map((f) => statSync(f).mtimeMs))
+  const problems = []
+  for (const arch of args.arches) {
+    for (const f of [`${pkg.name}.glibc.node`, 'cordon-exec']) {
+      const p = join(args.out, 'prebuilds', `linux-${arch}`, f)
+      if (!existsSync(p)) problems.push(`${p} is missing`)
+      else if (statSync(p).mtimeMs < newestSource) problems.push(`${p} is older than the native sources`)
+    }
+  }
+  if (problems.length) die(`${problems.join('\n  ')}\nrun \`npm run prebuild\` before packing`)
+  process.stdout.write(`prebuild: prebuilds for ${args.arches.join(', ')} are present and current\n`)
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2))
+  if (args.check) return check(args, JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')))
   if (process.platform !== 'linux') die('prebuilds are made on Linux (x86_64 host)')
   checkTools(args.arches)
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'))
@@ -174,11 +194,13 @@ async function main() {
       process.env.PREBUILD_QUIET = args.quiet ? '1' : '0'
       const stripBin = stripProgram(arch)
       const dest = join(args.out, 'prebuilds', `linux-${arch}`)
-      rmSync(dest, { recursive: true, force: true })
+      // Build into the staging directory, then move each finished file into place with rename()
+      // so a test or process loading prebuilds/ meanwhile never sees a missing or partial file.
+      const staged = join(stage, 'out', 'prebuilds', `linux-${arch}`)
       process.stdout.write(`prebuild: linux-${arch} (cmake-js${arch === hostArch() ? '' : ` + ${TARGETS[arch].toolchain}`})\n`)
       await prebuildifyOnce({
         cwd,
-        out: args.out,
+        out: join(stage, 'out'),
         arch,
         platform: 'linux',
         napi: true,
@@ -193,12 +215,20 @@ async function main() {
       // The helper executable: beside the addon, stripped, mode 0755.
       const helper = ['build/Release/cordon-exec', 'build/cordon-exec'].map((p) => join(cwd, p)).find(existsSync)
       if (!helper) die(`cordon-exec was not built for ${arch} (looked in ${cwd}/build)`)
-      const helperDest = join(dest, 'cordon-exec')
-      copyFileSync(helper, helperDest)
-      const s = spawnSync(stripBin, ['--strip-all', helperDest], { stdio: 'inherit' })
-      if (s.status !== 0) die(`${stripBin} failed on ${helperDest}`)
-      chmodSync(helperDest, 0o755)
-      for (const f of [join(dest, `${pkg.name}.glibc.node`), helperDest]) {
+      copyFileSync(helper, join(staged, 'cordon-exec'))
+      const s = spawnSync(stripBin, ['--strip-all', join(staged, 'cordon-exec')], { stdio: 'inherit' })
+      if (s.status !== 0) die(`${stripBin} failed on ${join(staged, 'cordon-exec')}`)
+      chmodSync(join(staged, 'cordon-exec'), 0o755)
+      const built = readdirSync(staged)
+      mkdirSync(dest, { recursive: true })
+      for (const f of built) {
+        const tmp = join(dest, `.${f}.tmp-${process.pid}`)
+        copyFileSync(join(staged, f), tmp)
+        chmodSync(tmp, statSync(join(staged, f)).mode & 0o777)
+        renameSync(tmp, join(dest, f))
+      }
+      for (const f of readdirSync(dest)) if (!built.includes(f)) rmSync(join(dest, f), { recursive: true, force: true })
+      for (const f of [join(dest, `${pkg.name}.glibc.node`), join(dest, 'cordon-exec')]) {
         if (!existsSync(f)) die(`expected ${f} after the build`)
         report.push({ file: f.slice(args.out.length + 1), bytes: statSync(f).size, needed: neededOf(f) })
       }
