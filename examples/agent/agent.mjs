@@ -35,7 +35,9 @@ const openai = new OpenAI({
   apiKey: 'cordon-no-key-here', // the router strips it and adds the real one
   fetch: undiciFetch,
   fetchOptions: { dispatcher },
-  maxRetries: 1,
+  // the router or the gate restarting (kill -9 -> back within seconds): connection errors and
+  // 502/503 are retried with the client's backoff (about 30 s in all) instead of failing the message
+  maxRetries: 6,
   timeout: 120_000,
 })
 

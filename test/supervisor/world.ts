@@ -77,13 +77,17 @@ routes:
     allow: [1001]
 `,
   )
-  // the agent's policy: proxy mode, unlisted hosts wait for the operator
+  // the agent's policy: proxy mode, unlisted hosts wait for the operator. The engine never lets
+  // a name lead to loopback unless a rule names that range, so the stand-in "internet" host
+  // (upstream.test -> 127.0.0.1) needs the cidr rule; the name itself stays unlisted (asks).
   writeFileSync(
     join(dir, 'agent.yaml'),
     `version: 1
 network:
   mode: proxy
   unlisted: ask
+  allow:
+    - { cidr: 127.0.0.1/32, ports: [${up.port}] }
 `,
   )
   const svc = (extra: Record<string, unknown> = {}) => ({ confine: opts.confineServices ?? false, health_interval: 0.5, health_failures: 3, start_timeout: 60, ...extra })
