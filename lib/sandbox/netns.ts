@@ -1,0 +1,202 @@
+/**
+ * Network namespace wiring for a sandbox: its only way out is the policy engine's egress gate.
+ *
+ * Layout (root only; needs CAP_NET_ADMIN and iproute2's `ip`):
+ *
+ *   root namespace                               sandbox namespace cordon-<id>
+ *   lo: 169.254.77.1/32   <- the gate listens    lo up (127.0.0.1, its own)
+ *   cdn<n>h 169.254.77.(4n+1)/30  <== veth ==>    cdn<n>s 169.254.77.(4n+2)/30
+ *                                                 route 169.254.77.1/32 via 169.254.77.(4n+1)
+ *                                                 (no default route: nothing else is reachable)
+ *
+ * Why 169.254.77.0/24: link-local (RFC 3927) is never routed off the host, it is outside the
+ * private ranges (10/8, 172.16/12, 192.168/16) that real networks and this workplace use, and
+ * outside the metadata addresses (169.254.169.254, 169.254.170.2). n = 1..63; n = 0 is reserved
+ * for the gate address. Every address used is one of ours, on our own veth or on lo.
+ *
+ * The root side of the pair would also reach any host service bound to 0.0.0.0, so iptables
+ * INPUT rules (tagged "cordon-<id>") reject everything from cdn<n>h except TCP to the gate's
+ * address and port (and FORWARD rejects all of it). When iptables is missing the result says so
+ * (`firewall: false`); Landlock's TCP connect rules (ABI >= 4) remain the second line.
+ *
+ * Sandbox identity: the engine names the sandbox of a connection by its source address, read
+ * from REGISTRY/<address> (content: the sandbox id), written here and removed by cleanup().
+ *
+ * Non-root (no CAP_NET_ADMIN): not implemented here yet; the plan is a relay from loopback inside
+ * a user+net namespace to the engine's unix socket. prepareNetns() throws a clear error instead.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { execFileSync } from 'node:child_process'
+
+export const GATE_ADDRESS = '169.254.77.1'
+export const NETNS_PREFIX = '169.254.77.'
+export const DEFAULT_REGISTRY = '/run/cordon/netns'
+
+export interface PrepareNetnsOptions {
+  /** sandbox id: [a-z0-9-], becomes the namespace name cordon-<id> */
+  id: string
+  /** the gate's port (it must listen on GATE_ADDRESS, or on 0.0.0.0 with the firewall on) */
+  gatePort: number
+  gateAddress?: string
+  registryDir?: string
+  /** install the iptables rules (default true; set false only where another firewall does it) */
+  firewall?: boolean
+}
+
+export interface PreparedNetns {
+  id: string
+  name: string
+  /** give this to the sandbox: Plan.network = { mode: 'join', path: netnsPath } */
+  netnsPath: string
+  sandboxAddress: string
+  hostAddress: string
+  gate: { host: string; port: number }
+  /** merge into the sandbox environment */
+  proxyEnv: Record<string, string>
+  firewall: boolean
+  firewallNote: string | null
+  cleanup(): void
+}
+
+function ip(...args: string[]): string {
+  try {
+    return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+  } catch (e) {
+    const err = e as { stderr?: string; message: string }
+    throw new Error(`ip ${args.join(' ')} failed: ${(err.stderr ?? err.message).trim()}`)
+  }
+}
+
+function iptables(args: string[]): void {
+  execFileSync('iptables', ['-w', '5', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+export function proxyEnvFor(gate: { host: string; port: number }): Record<string, string> {
+  const url = `http://${gate.host}:${gate.port}`
+  const noProxy = 'localhost,127.0.0.1,::1'
+  return {
+    HTTP_PROXY: url,
+    HTTPS_PROXY: url,
+    ALL_PROXY: url,
+    NO_PROXY: noProxy,
+    http_proxy: url,
+    https_proxy: url,
+    all_proxy: url,
+    no_proxy: noProxy,
+  }
+}
+
+/** Put the gate address on the root namespace's lo (idempotent). */
+export function ensureGateAddress(addr = GATE_ADDRESS): void {
+  const have = ip('-o', 'addr', 'show', 'dev', 'lo')
+  if (!have.includes(` ${addr}/32 `)) ip('addr', 'add', `${addr}/32`, 'dev', 'lo')
+}
+
+function claimSlot(registry: string, id: string): number {
+  fs.mkdirSync(registry, { recursive: true, mode: 0o755 })
+  for (let n = 1; n < 64; n++) {
+    const addr = `${NETNS_PREFIX}${4 * n + 2}`
+    const file = path.join(registry, addr)
+    try {
+      fs.writeFileSync(file, id + '\n', { flag: 'wx', mode: 0o644 })
+      return n
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+      // stale claim: its namespace is gone
+      const owner = fs.readFileSync(file, 'utf8').trim()
+      if (owner && !fs.existsSync(`/run/netns/cordon-${owner}`)) {
+        try {
+          fs.unlinkSync(file)
+        } catch {
+          /* raced */
+        }
+        n--
+      }
+    }
+  }
+  throw new Error(`no free sandbox network slot in ${NETNS_PREFIX}0/24 (63 sandboxes at most); stale entries live in ${registry}`)
+}
+
+/**
+ * Create the namespace cordon-<id> wired to the gate. Call cleanup() when the sandbox ends.
+ * The sandbox helper then joins it: Plan.network = { mode: 'join', path: result.netnsPath }.
+ */
+export function prepareNetns(opts: PrepareNetnsOptions): PreparedNetns {
+  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(opts.id)) throw new Error(`sandbox id "${opts.id}" must be [a-z0-9-], at most 41 characters`)
+  if (process.getuid?.() !== 0) {
+    throw new Error('a sandbox network namespace wired to the gate needs root (CAP_NET_ADMIN) for now; run as root, or use network: none (loopback only) or host')
+  }
+  const gateAddress = opts.gateAddress ?? GATE_ADDRESS
+  const registry = opts.registryDir ?? DEFAULT_REGISTRY
+  const name = `cordon-${opts.id}`
+  if (fs.existsSync(`/run/netns/${name}`)) throw new Error(`network namespace ${name} already exists (a sandbox with this id is running, or a crashed one left it: ip netns del ${name})`)
+  const n = claimSlot(registry, opts.id)
+  const hostAddress = `${NETNS_PREFIX}${4 * n + 1}`
+  const sandboxAddress = `${NETNS_PREFIX}${4 * n + 2}`
+  const hv = `cdn${n}h`
+  const sv = `cdn${n}s`
+  const undo: Array<() => void> = [() => fs.rmSync(path.join(registry, sandboxAddress), { force: true })]
+  const cleanup = () => {
+    for (const f of undo.splice(0).reverse()) {
+      try {
+        f()
+      } catch {
+        /* best effort: keep undoing the rest */
+      }
+    }
+  }
+  let firewall = false
+  let firewallNote: string | null = null
+  try {
+    if (gateAddress === GATE_ADDRESS) ensureGateAddress(gateAddress)
+    try {
+      ip('link', 'del', hv) // a leftover from a crashed sandbox in this slot
+    } catch {
+      /* none */
+    }
+    ip('netns', 'add', name)
+    undo.push(() => ip('netns', 'del', name))
+    ip('link', 'add', hv, 'type', 'veth', 'peer', 'name', sv, 'netns', name)
+    undo.push(() => ip('link', 'del', hv))
+    ip('addr', 'add', `${hostAddress}/30`, 'dev', hv)
+    ip('link', 'set', hv, 'up')
+    ip('-n', name, 'link', 'set', 'lo', 'up')
+    ip('-n', name, 'addr', 'add', `${sandboxAddress}/30`, 'dev', sv)
+    ip('-n', name, 'link', 'set', sv, 'up')
+    ip('-n', name, 'route', 'add', `${gateAddress}/32`, 'via', hostAddress, 'dev', sv)
+    if (opts.firewall !== false) {
+      const tag = ['-m', 'comment', '--comment', name]
+      const rules: string[][] = [
+        ['INPUT', '-i', hv, ...tag, '-j', 'REJECT'],
+        ['INPUT', '-i', hv, '-p', 'tcp', '-d', gateAddress, '--dport', String(opts.gatePort), ...tag, '-j', 'ACCEPT'],
+        ['FORWARD', '-i', hv, ...tag, '-j', 'REJECT'],
+      ]
+      try {
+        for (const r of rules) {
+          iptables(['-I', ...r])
+          undo.push(() => iptables(['-D', ...r]))
+        }
+        firewall = true
+      } catch (e) {
+        firewallNote = `iptables unavailable (${(e as Error).message.split('\n')[0]}): the sandbox can reach host services bound to 0.0.0.0 through ${hostAddress}; restrict TCP connect with Landlock (ABI >= 4)`
+      }
+    } else firewallNote = 'firewall disabled by the caller'
+  } catch (e) {
+    cleanup()
+    throw e
+  }
+  const gate = { host: gateAddress, port: opts.gatePort }
+  return {
+    id: opts.id,
+    name,
+    netnsPath: `/run/netns/${name}`,
+    sandboxAddress,
+    hostAddress,
+    gate,
+    proxyEnv: proxyEnvFor(gate),
+    firewall,
+    firewallNote,
+    cleanup,
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * A sandbox network namespace wired to the gate (lib/sandbox/netns.ts), with real namespaces:
+ * a client using the proxy reaches allowed hosts; a client that ignores the proxy has no route;
+ * host services bound to 0.0.0.0 are not reachable through the veth.
+ */
+import t from 'tap'
+import fs from 'node:fs'
+import http from 'node:http'
+import path from 'node:path'
+import { execFileSync, execFile } from 'node:child_process'
+import { Engine } from '../../lib/engine/engine.js'
+import { prepareNetns, ensureGateAddress, GATE_ADDRESS } from '../../lib/sandbox/netns.js'
+import { startUpstream, tmpdir, readAudit } from './helpers.js'
+
+const root = process.getuid?.() === 0
+let ipOk = false
+try {
+  execFileSync('ip', ['-V'], { stdio: 'ignore' })
+  ipOk = true
+} catch {
+  /* no iproute2 */
+}
+if (!root || !ipOk) {
+  t.skip(`needs root and iproute2 to create network namespaces (root: ${root}, ip: ${ipOk})`)
+} else {
+  const up = await startUpstream('127.0.0.2')
+  const dir = tmpdir()
+  const registry = path.join(dir, 'registry')
+  const policyFile = path.join(dir, 'policy.yaml')
+  fs.writeFileSync(policyFile, `network:\n  mode: proxy\n  allow:\n    - api.example.com:${up.port}\n    - { cidr: 127.0.0.2/32, ports: [${up.port}] }\n`)
+  ensureGateAddress()
+  const audit = path.join(dir, 'audit.jsonl')
+  const engine = new Engine({
+    policyFile,
+    listen: { host: GATE_ADDRESS, port: 0 },
+    audit,
+    hosts: { 'api.example.com': ['127.0.0.2'] },
+    netnsRegistry: registry,
+    watch: false,
+  })
+  const gate = await engine.start()
+  // a host service on the wildcard address: the sandbox must not reach it through the veth
+  const hostSvc = http.createServer((_q, s) => s.end('host service'))
+  await new Promise<void>((r) => hostSvc.listen(0, '0.0.0.0', () => r()))
+  const hostPort = (hostSvc.address() as { port: number }).port
+  const id = `t${process.pid}`
+  const ns = prepareNetns({ id, gatePort: gate.port, registryDir: registry })
+  t.teardown(async () => {
+    ns.cleanup()
+    hostSvc.close()
+    await engine.stop()
+    await up.close()
+  })
+
+  // async: the engine runs in this process and must keep serving while the client waits
+  const inNs = (script: string, env: Record<string, string> = {}) =>
+    new Promise<{ status: number; stdout: string; stderr: string }>((resolve) => {
+      execFile('ip', ['netns', 'exec', ns.name, process.execPath, '-e', script], { env: { PATH: process.env.PATH!, ...env }, encoding: 'utf8', timeout: 20_000 }, (err, stdout, stderr) =>
+        resolve({ status: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      )
+    })
+
+  // a tiny client that honours HTTP_PROXY the way agents do (absolute-URI through the proxy)
+  const viaEnvProxy = `
+const http = require('http'); const u = new URL(process.env.HTTP_PROXY);
+const r = http.request({ host: u.hostname, port: u.port, path: process.argv[1] || process.env.TARGET, headers: { host: 'x' } }, (res) => {
+  let b = ''; res.on('data', (c) => b += c); res.on('end', () => { console.log(JSON.stringify({ status: res.statusCode, body: b })) })
+}); r.on('error', (e) => console.log(JSON.stringify({ error: e.code }))); r.end()`
+  const direct = (host: string, port: number) => `
+const net = require('net'); const s = net.connect({ host: '${host}', port: ${port}, timeout: 3000 });
+s.on('connect', () => { console.log(JSON.stringify({ connected: true })); s.destroy() });
+s.on('timeout', () => { console.log(JSON.stringify({ error: 'TIMEOUT' })); s.destroy() });
+s.on('error', (e) => console.log(JSON.stringify({ error: e.code })))`
+
+  t.test('the namespace exists and is registered', async (t) => {
+    t.ok(fs.existsSync(ns.netnsPath))
+    t.equal(fs.readFileSync(path.join(registry, ns.sandboxAddress), 'utf8').trim(), id)
+    t.equal(ns.proxyEnv.HTTPS_PROXY, `http://${GATE_ADDRESS}:${gate.port}`)
+    t.equal(ns.proxyEnv.no_proxy, 'localhost,127.0.0.1,::1')
+    const routes = execFileSync('ip', ['-n', ns.name, 'route', 'show'], { encoding: 'utf8' })
+    t.notMatch(routes, /default/, 'no default route')
+  })
+
+  t.test('a client using the proxy reaches an allowed host; the audit names the sandbox', async (t) => {
+    const r = await inNs(viaEnvProxy, { ...ns.proxyEnv, TARGET: `http://api.example.com:${up.port}/from-sandbox` })
+    t.equal(r.status, 0, r.stderr)
+    t.same(JSON.parse(r.stdout), { status: 200, body: 'hello GET /from-sandbox' })
+    const denied = await inNs(viaEnvProxy, { ...ns.proxyEnv, TARGET: 'http://elsewhere.example.com/' })
+    t.equal(JSON.parse(denied.stdout).status, 403)
+    const recs = readAudit(audit).filter((x) => x.type === 'decision')
+    t.ok(recs.length >= 2 && recs.every((x) => x.sandbox === id), 'decisions carry the sandbox id')
+  })
+
+  t.test('a client that ignores the proxy has no route', async (t) => {
+    const pub = JSON.parse((await inNs(direct('203.0.113.1', 80))).stdout)
+    t.equal(pub.error, 'ENETUNREACH', 'no route to an outside address')
+    const up2 = JSON.parse((await inNs(direct('127.0.0.2', up.port))).stdout)
+    t.not(up2.connected, true, "the host's loopback services are not the sandbox's loopback")
+    // the gate itself is reachable directly (that is its purpose)
+    const g = JSON.parse((await inNs(direct(GATE_ADDRESS, gate.port))).stdout)
+    t.equal(g.connected, true)
+  })
+
+  t.test('host services on 0.0.0.0 are not reachable through the veth', { skip: ns.firewall ? false : ns.firewallNote ?? 'no firewall' }, async (t) => {
+    const viaHostSide = JSON.parse((await inNs(direct(ns.hostAddress, hostPort))).stdout)
+    t.not(viaHostSide.connected, true, `host side address ${ns.hostAddress}: ${JSON.stringify(viaHostSide)}`)
+    const viaGateAddr = JSON.parse((await inNs(direct(GATE_ADDRESS, hostPort))).stdout)
+    t.not(viaGateAddr.connected, true, `gate address, other port: ${JSON.stringify(viaGateAddr)}`)
+  })
+
+  t.test('cleanup removes the namespace, the veth and the registration', async (t) => {
+    const other = prepareNetns({ id: `${id}b`, gatePort: gate.port, registryDir: registry })
+    t.not(other.sandboxAddress, ns.sandboxAddress, 'each sandbox gets its own /30')
+    other.cleanup()
+    t.notOk(fs.existsSync(other.netnsPath))
+    t.notOk(fs.existsSync(path.join(registry, other.sandboxAddress)))
+    t.notMatch(execFileSync('iptables', ['-S'], { encoding: 'utf8' }), new RegExp(`cordon-${id}b`))
+  })
+}
