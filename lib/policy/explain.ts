@@ -1,6 +1,7 @@
 /**
  * explainPlan: the compiled plan in words a person can audit (`cordon policy explain`).
  */
+import os from 'node:os'
 import { FS, NET, SCOPE, rightNames } from '../kernel/abi.js'
 import type { Plan } from './plan.js'
 import type { ResolvedPolicy } from './types.js'
@@ -64,6 +65,13 @@ export function planWarnings(plan: Plan): string[] {
   const missing = [...new Set(dirs.filter((d) => !covered(d) && !covered(alias(d))))]
   if (missing.length)
     out.push(`PATH lists directories the sandbox cannot execute from: ${missing.join(', ')} (add them to filesystem.executable, or drop them from PATH)`)
+  // a rule that covers the user's home exposes ~/.ssh, ~/.aws, tokens in dotfiles ...
+  const home = os.homedir()
+  for (const r of plan.landlock.paths) {
+    if ((r.access & (FS.read_file | FS.read_dir)) === 0) continue
+    if (r.path === '/' || home === r.path || home.startsWith(r.path + '/'))
+      out.push(`${r.path} (${r.origin}) contains your home directory ${home}: the sandbox can read ~/.ssh, cloud credentials and tokens in dotfiles; grant narrower paths`)
+  }
   return out
 }
 

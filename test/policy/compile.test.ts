@@ -192,6 +192,8 @@ t.test('warnings: PATH directories the sandbox cannot execute from', async (t) =
   ])
   t.match(explainPlan(plan, p), /Warnings\n {2}- PATH lists directories the sandbox cannot execute from: \/root\/\.pyenv\/shims/)
   t.same(planWarnings(compilePlan(p, features(7), { env })), [], 'no warning for system PATHs')
+  const wide = compilePlan(loadPolicy({ filesystem: { workspace: ws, read_only: ['/'] } }), features(7), { env })
+  t.match(planWarnings(wide).join('\n'), /^\/ \(filesystem\.read_only\[0\]\) contains your home directory .*~\/\.ssh/m, 'granting / warns about the home directory')
 })
 
 t.test('explainPlan says it in words', async (t) => {
