@@ -134,3 +134,24 @@ t.test('Landlock scoping and ptrace rules: parent signals, abstract sockets, /pr
   t.equal(inside.socketpair, 'ok', 'socketpair still works')
   t.equal(inside.getpid, 'ok')
 })
+
+const hasSetpriv = runUnder(null, ['setpriv', '--version']).status === 0
+t.test('not root: user namespace + network namespace + private /tmp', {
+  skip: !f.isRoot ? 'needs root to switch to an unprivileged uid for the test' : !hasSetpriv ? 'setpriv (util-linux) is not installed' : !f.userNamespaces ? 'user namespaces are disabled' : false,
+}, async (t) => {
+  const ws = tempDir(t, 'cordon-nr-', '/var/tmp')
+  const ptmp = join(ws, 'tmp')
+  mkdirSync(ptmp)
+  const { chmodSync } = await import('node:fs')
+  chmodSync(ws, 0o777)
+  chmodSync(ptmp, 0o777)
+  const plan = handPlan({ abi: Math.max(abi, 1), workspace: ws, network: { mode: 'none' }, privateTmp: ptmp })
+  const py = 'import socket,os,json; open("/tmp/nr","w").write("x"); print(json.dumps({"uid": os.getuid(), "ifaces": sorted(n for _,n in socket.if_nameindex()), "tmp": os.listdir("/tmp")}))'
+  const r = runUnder(null, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', helperPath(), ...(await import('../../lib/sandbox/argv.js')).helperArgv(plan), '--', 'python3', '-c', py], { env: plan.env })
+  t.equal(r.status, 0, r.stderr)
+  const o = JSON.parse(r.stdout)
+  t.equal(o.uid, 65534, 'same uid inside (mapped 1:1)')
+  t.same(o.ifaces, ['lo'], 'only loopback')
+  t.same(o.tmp, ['nr'], '/tmp is the private directory')
+  t.ok(existsSync(join(ptmp, 'nr')))
+})
