@@ -188,11 +188,14 @@ export async function* inbox(opts: InboxOptions = {}): AsyncGenerator<Message, v
       await sleep(Math.min(15000, 200 * 2 ** Math.min(failures, 8)) * (0.5 + Math.random() / 2), opts.signal)
       continue
     }
+    // acks go out while the next message is handled; all settle before the next poll
+    const acks: Promise<void>[] = []
     for (const d of batch) {
       const m = wrap(c, d)
       yield m
-      await m.ack()
+      acks.push(m.ack().catch(() => {})) // a lost ack only means the message comes again
     }
+    await Promise.all(acks)
   }
 }
 

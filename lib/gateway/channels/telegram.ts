@@ -93,16 +93,19 @@ export class TelegramAdapter implements ChannelAdapter {
         await sleep(1000, signal)
         continue
       }
-      for (const u of updates) {
-        try {
-          await this.handleUpdate(u)
-        } catch (e) {
-          // storage failed: do not advance the offset, Telegram will give it to us again
-          this.ctx.log.error({ channel: this.ctx.name, err: errorText(e) }, 'telegram: could not store update; will retry')
-          await sleep(1000, signal)
-          break
-        }
+      // store the whole batch concurrently (one group-committed fsync), then move the offset:
+      // the next getUpdates confirms them to Telegram only after all are on disk
+      const results = await Promise.allSettled(updates.map((u) => this.handleUpdate(u)))
+      const firstFail = results.findIndex((r) => r.status === 'rejected')
+      const upto = firstFail < 0 ? updates.length : firstFail
+      for (let i = 0; i < upto; i++) {
+        const u = updates[i]
         if (u && typeof u.update_id === 'number') offset = u.update_id + 1
+      }
+      if (firstFail >= 0) {
+        // storage failed: do not confirm it (or anything after it); Telegram gives them to us again
+        this.ctx.log.error({ channel: this.ctx.name, err: errorText((results[firstFail] as PromiseRejectedResult).reason) }, 'telegram: could not store update; will retry')
+        await sleep(1000, signal)
       }
     }
   }

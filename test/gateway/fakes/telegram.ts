@@ -25,6 +25,8 @@ export class FakeTelegram {
   readonly files = new Map<string, Buffer>()
   readonly me = { id: 999000, is_bot: true, first_name: 'Cordon', username: 'cordon_test_bot' }
   readonly hung: import('node:http').ServerResponse[] = []
+  /** Called after each accepted sendMessage (benchmarks use it instead of polling). */
+  onSent?: () => void
   private nextUpdate = 1
   private nextMessage = 1
   private waiters = new Set<() => void>()
@@ -124,6 +126,7 @@ export class FakeTelegram {
         if (s?.kind === 'error') return json(res, s.status, { ok: false, error_code: s.status, description: s.description ?? 'Bad Request' })
         const rp = p.reply_parameters as { message_id?: number } | undefined
         this.sent.push({ chat_id: String(p.chat_id), text: String(p.text), ...(rp?.message_id ? { reply_to: rp.message_id } : {}), at: Date.now() })
+        this.onSent?.()
         return json(res, 200, { ok: true, result: { message_id: 100000 + this.sent.length, date: 0, chat: { id: Number(p.chat_id), type: 'private' }, text: p.text } })
       }
       case 'getFile': {
