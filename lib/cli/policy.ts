@@ -49,10 +49,11 @@ async function features(o: Common): Promise<KernelFeatures> {
   return base
 }
 
-function report(e: unknown): never {
+function report(e: unknown): void {
   if (e instanceof PolicyError) {
     process.stderr.write(`${e.report}\n`)
-    process.exit(1)
+    process.exitCode = 1
+    return
   }
   throw e
 }
