@@ -149,8 +149,11 @@ function now(): string {
   return new Date().toISOString()
 }
 
+// decision ids: a random per-process prefix and a counter (unique across restarts, no syscall per id)
+const ID_PREFIX = randomBytes(3).toString('hex')
+let idCounter = 0
 function newId(prefix = ''): string {
-  return prefix + randomBytes(4).toString('hex')
+  return `${prefix}${ID_PREFIX}${(idCounter++).toString(36)}`
 }
 
 function splitHostPort(s: string): HostPort | null {
@@ -429,7 +432,7 @@ export class Engine {
     if (!p) {
       const timeout = this.opts.askTimeoutMs ?? 60_000
       p = {
-        id: newId().slice(0, 6),
+        id: randomBytes(3).toString('hex'),
         host: t.host,
         port: t.port,
         method: t.method ?? null,
@@ -812,10 +815,14 @@ export class Engine {
       res.end(body)
       finish(`upstream error ${e.code ?? e.message}`)
     })
-    req.on('data', (c: Buffer) => {
-      bytesOut += c.length
-    })
-    req.pipe(up)
+    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined && req.complete) {
+      up.end() // no body: send the request head now, without waiting for the 'end' event
+    } else {
+      req.on('data', (c: Buffer) => {
+        bytesOut += c.length
+      })
+      req.pipe(up)
+    }
     res.on('close', () => {
       if (!res.writableFinished) {
         up.destroy()

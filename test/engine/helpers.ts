@@ -151,8 +151,8 @@ export interface EngineProc {
 }
 
 /** Run `cordon engine` in a child process (through the test CLI entry) and wait for its ready line. */
-export async function spawnEngine(args: string[], env: NodeJS.ProcessEnv = {}): Promise<EngineProc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'engine', ...args], {
+export async function spawnEngine(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Promise<EngineProc> {
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', CLI, 'engine', ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,136 @@
+/**
+ * Egress gate benchmark: the engine runs as its own process (`cordon engine`, audit on disk with
+ * fdatasync), an upstream HTTP server on 127.0.0.2 stands in for the internet, and every figure
+ * is compared with the same work done direct, in the same run.
+ *   1. a 100 MB download through a CONNECT tunnel vs direct (throughput ratio; goal >= 0.8)
+ *   2. added latency per small HTTP request through the gate vs direct, keep-alive both ways
+ *      (p50, p99; goal p50 < 0.3 ms)
+ *   3. the same with a new connection per request (each one a fresh, fdatasync'd decision)
+ * Run: npx tsx bench/engine.ts [--mb 100] [--n 3000]
+ */
+import http from 'node:http'
+import net from 'node:net'
+import fs from 'node:fs'
+import path from 'node:path'
+import { startUpstream, spawnEngine, tmpdir } from '../test/engine/helpers.js'
+
+const arg = (k: string, d: number) => {
+  const i = process.argv.indexOf(`--${k}`)
+  return i > 0 ? Number(process.argv[i + 1]) : d
+}
+const MB = arg('mb', 100)
+const N = arg('n', 3000)
+
+function download(connectPort: number, host: string, viaConnect: string | null, bytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port: connectPort, host, noDelay: true })
+    const t0 = performance.now()
+    let got = 0
+    let est = viaConnect === null
+    let headDone = false
+    const req = `GET /big?n=${bytes} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`
+    s.on('connect', () => {
+      if (viaConnect) s.write(`CONNECT ${viaConnect} HTTP/1.1\r\nHost: ${viaConnect}\r\n\r\n`)
+      else s.write(req)
+    })
+    let pre = ''
+    s.on('data', (c: Buffer) => {
+      if (!est) {
+        pre += c.toString('latin1')
+        if (pre.includes('\r\n\r\n')) {
+          if (!pre.startsWith('HTTP/1.1 200')) return reject(new Error(pre))
+          est = true
+          s.write(req)
+        }
+        return
+      }
+      if (!headDone) {
+        const i = c.indexOf('\r\n\r\n')
+        if (i < 0) return
+        headDone = true
+        got += c.length - i - 4
+      } else got += c.length
+    })
+    s.on('close', () => {
+      if (got < bytes) return reject(new Error(`short read ${got}/${bytes}`))
+      resolve(performance.now() - t0)
+    })
+    s.on('error', reject)
+  })
+}
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
+}
+
+async function latency(n: number, opts: { proxy: { host: string; port: number } | null; upstream: { host: string; port: number }; keepAlive: boolean }): Promise<number[]> {
+  const agent = new http.Agent({ keepAlive: opts.keepAlive, maxSockets: 1 })
+  const one = () =>
+    new Promise<number>((resolve, reject) => {
+      const t0 = performance.now()
+      const target = `http://api.example.com:${opts.upstream.port}/small`
+      const req = http.request(
+        opts.proxy
+          ? { host: opts.proxy.host, port: opts.proxy.port, path: target, agent, headers: { host: `api.example.com:${opts.upstream.port}` } }
+          : { host: opts.upstream.host, port: opts.upstream.port, path: '/small', agent, headers: { host: `api.example.com:${opts.upstream.port}` } },
+        (res) => {
+          res.resume()
+          res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(`status ${res.statusCode}`))))
+        },
+      )
+      req.on('error', reject)
+      req.end()
+    })
+  for (let i = 0; i < Math.min(200, n / 5); i++) await one()
+  const out: number[] = []
+  for (let i = 0; i < n; i++) out.push(await one())
+  agent.destroy()
+  return out
+}
+
+const up = await startUpstream('127.0.0.2')
+const dir = tmpdir('cordon-bench-engine-')
+const policy = path.join(dir, 'policy.yaml')
+fs.writeFileSync(policy, `network:\n  mode: proxy\n  allow:\n    - api.example.com:${up.port}\n    - { cidr: 127.0.0.2/32, ports: [${up.port}] }\n`)
+const e = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine.sock'), '--audit', path.join(dir, 'audit.jsonl'), '--resolve', `api.example.com=127.0.0.2`])
+const gate = e.ready.gate
+try {
+  console.log(`cordon egress gate benchmark (engine pid ${e.ready.pid}, audit fdatasync on, ${new Date().toISOString()})`)
+  // 1. throughput
+  const bytes = MB * 1024 * 1024
+  const direct: number[] = []
+  const tunnel: number[] = []
+  for (let i = 0; i < 3; i++) {
+    direct.push(await download(up.port, '127.0.0.2', null, bytes))
+    tunnel.push(await download(gate.port, gate.host, `api.example.com:${up.port}`, bytes))
+  }
+  const bestD = Math.min(...direct)
+  const bestT = Math.min(...tunnel)
+  const mbps = (ms: number) => (MB / (ms / 1000)).toFixed(0)
+  console.log(`\n1. ${MB} MB download (best of 3)`)
+  console.log(`   direct            ${mbps(bestD)} MB/s`)
+  console.log(`   CONNECT tunnel    ${mbps(bestT)} MB/s`)
+  console.log(`   ratio             ${(bestD / bestT).toFixed(2)}  (goal >= 0.8)`)
+
+  // 2. small requests, keep-alive
+  const d = await latency(N, { proxy: null, upstream: up, keepAlive: true })
+  const g = await latency(N, { proxy: gate, upstream: up, keepAlive: true })
+  console.log(`\n2. small HTTP request, keep-alive, ${N} sequential requests`)
+  console.log(`   direct            p50 ${pct(d, 50).toFixed(3)} ms  p99 ${pct(d, 99).toFixed(3)} ms`)
+  console.log(`   through the gate  p50 ${pct(g, 50).toFixed(3)} ms  p99 ${pct(g, 99).toFixed(3)} ms`)
+  console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms  (goal p50 < 0.3 ms)`)
+
+  // 3. new connection per request: every request is a new decision, fdatasync'd before it takes effect
+  const n3 = Math.min(N, 1000)
+  const d3 = await latency(n3, { proxy: null, upstream: up, keepAlive: false })
+  const g3 = await latency(n3, { proxy: gate, upstream: up, keepAlive: false })
+  console.log(`\n3. small HTTP request, new connection each, ${n3} requests (each a durable audit record)`)
+  console.log(`   direct            p50 ${pct(d3, 50).toFixed(3)} ms  p99 ${pct(d3, 99).toFixed(3)} ms`)
+  console.log(`   through the gate  p50 ${pct(g3, 50).toFixed(3)} ms  p99 ${pct(g3, 99).toFixed(3)} ms`)
+  console.log(`   added             p50 ${(pct(g3, 50) - pct(d3, 50)).toFixed(3)} ms  p99 ${(pct(g3, 99) - pct(d3, 99)).toFixed(3)} ms`)
+} finally {
+  await e.stop()
+  await up.close()
+  fs.rmSync(dir, { recursive: true, force: true })
+}
