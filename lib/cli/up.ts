@@ -321,7 +321,49 @@ async function logs(opts: { config?: string; follow?: boolean; component?: strin
   })
 }
 
+/**
+ * `cordon _sandbox`: what the supervisor runs for the agent. `cordon run` plus the network
+ * wiring, until `cordon run` grows it: joins the namespace the supervisor prepared
+ * (lib/supervisor/sandbox-net.ts), sets the proxy environment to the gate, and limits Landlock
+ * TCP connect to the gate's port (ABI >= 4).
+ */
+async function sandboxExec(cmd: string, args: string[], o: { policy: string; workspace: string; netns: string; gate: string }) {
+  const { resolve } = await import('node:path')
+  const { loadPolicy, compilePlan } = await import('../policy/index.js')
+  const { planHash } = await import('../policy/compile.js')
+  const { probe } = await import('../kernel/probe.js')
+  const { runPlan } = await import('../sandbox/spawn.js')
+  const { proxyEnvFor } = await import('../sandbox/netns.js')
+  const workspace = resolve(o.workspace)
+  mkdirSync(workspace, { recursive: true, mode: 0o700 })
+  const m = /^(.+):(\d+)$/.exec(o.gate)
+  if (!m) fail(`--gate ${o.gate}: expected HOST:PORT`, 2)
+  const gate = { host: m[1]!, port: Number(m[2]) }
+  const policy = loadPolicy(resolve(o.policy), { workspace, cwd: workspace })
+  if (policy.network.mode !== 'proxy') process.stderr.write(`cordon: the agent policy ${o.policy} says network: ${policy.network.mode}; cordon up wires the sandbox to the gate only in proxy mode\n`)
+  const plan = compilePlan(policy, probe(), { env: process.env, gatePorts: [gate.port] })
+  for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+  if (policy.network.mode === 'proxy') {
+    plan.network = { mode: 'join', path: `/run/netns/${o.netns}` }
+    plan.env = { ...plan.env, ...proxyEnvFor(gate), CORDON_SANDBOX: o.netns }
+    for (const k of ['CORDON_GATEWAY_URL', 'CORDON_INFERENCE_URL', 'CORDON_AGENT_MODEL', 'CORDON_AGENT_SYSTEM']) if (process.env[k]) plan.env[k] = process.env[k]!
+    plan.hash = planHash(plan)
+  }
+  process.exitCode = await runPlan(plan, cmd, args, { cwd: workspace })
+}
+
 export function register(program: Command): void {
+  program
+    .command('_sandbox', { hidden: true })
+    .description('(internal) run the agent confined and wired to the gate, as cordon up does')
+    .requiredOption('--policy <file>', 'agent policy')
+    .requiredOption('--workspace <dir>', 'workspace')
+    .requiredOption('--netns <name>', 'network namespace prepared by the supervisor')
+    .requiredOption('--gate <host:port>', 'egress gate')
+    .argument('<command>')
+    .argument('[args...]')
+    .action((cmd: string, args: string[], o) => sandboxExec(cmd, args, o))
+
   program
     .command('up')
     .description('start the policy engine, privacy router, gateway and the sandboxed agent, supervised')

@@ -5,7 +5,9 @@
  *   cordon engine  --policy P --listen H:P --control S --router H:P --gateway H:P --audit F --state D
  *   cordon router  --config F --listen H:P --control S [--keys F] --audit F --state D
  *   cordon gateway --config F --agent-listen H:P --control S --audit F --state D
- *   cordon run     --policy P --workspace W --gate H:P -- AGENT...
+ *   cordon _sandbox --policy P --workspace W --netns cordon-ID --gate H:P -- AGENT...
+ *     (cordon run plus the network wiring: joins the namespace lib/supervisor/sandbox-net.ts
+ *      prepared, proxy env pointing at the gate, Landlock TCP connect only to the gate port)
  *
  * Each service runs under its own cordon policy (profiles/services/NAME.yaml, network: host)
  * through `cordon run`, so a bug in one cannot read another's secrets.
@@ -16,6 +18,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
 import { controlSocket } from './runtime.js'
+import { sandboxId } from './sandbox-net.js'
 
 export interface ComponentSpec {
   name: ComponentName
@@ -142,7 +145,7 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
     const a = cfg.agent
     const argv = !a.confine
       ? a.command
-      : [...(a.exec ?? [...self, 'run']), '--policy', cfg.policy, '--workspace', a.workspace, '--gate', cfg.engine.listen, '--', ...a.command]
+      : [...(a.exec ?? [...self, '_sandbox']), '--policy', cfg.policy, '--workspace', a.workspace, '--netns', `cordon-${sandboxId(cfg.runtimeDir)}`, '--gate', cfg.engine.listen, '--', ...a.command]
     specs.push({ name: 'agent', argv, env: { ...baseEnv(), HOME: join(a.workspace, '.home'), ...a.env }, cwd: a.workspace, startTimeoutMs: 10_000, healthIntervalMs: 1000, healthFailures: 1 })
   }
   return specs

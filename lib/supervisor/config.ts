@@ -232,7 +232,7 @@ export function resolveConfig(raw: RawConfig, path: string): CordonConfig {
     stateDir,
     logDir,
     policy: raw.policy ? p(raw.policy) : DEFAULT_AGENT_POLICY,
-    engine: { ...service(raw.engine, 'engine', base), listen: raw.engine?.listen ?? '127.0.0.1:3128' },
+    engine: { ...service(raw.engine, 'engine', base), listen: raw.engine?.listen ?? '169.254.77.1:3128' },
     router: {
       ...service(raw.router, 'router', base),
       listen: raw.router?.listen ?? '127.0.0.1:3129',
@@ -284,6 +284,8 @@ export async function checkConfigSet(cfg: CordonConfig, checkers: Partial<Record
   await need(cfg.router.config, 'router config', checkers.router)
   await need(cfg.gateway.config, 'gateway config', checkers.gateway)
   for (const s of SERVICES) if (cfg[s].confine) await need(cfg[s].servicePolicy, `${s} service policy`, checkers.service_policy)
+  const gateHost = cfg.engine.listen.replace(/:\d+$/, '')
+  if (cfg.agent.confine && gateHost !== '169.254.77.1' && gateHost !== '0.0.0.0') problems.push(`${cfg.source}: engine.listen: ${cfg.engine.listen} is not reachable from the agent's network namespace; use 169.254.77.1:PORT (the gate address cordon puts on lo)`)
   const listens = [cfg.engine.listen, cfg.router.listen, cfg.gateway.agentListen]
   if (new Set(listens).size !== listens.length) problems.push(`${cfg.source}: engine.listen, router.listen and gateway.agent_listen must differ (${listens.join(', ')})`)
   if (cfg.agent.command[0] && isAbsolute(cfg.agent.command[0]) && !existsSync(cfg.agent.command[0])) problems.push(`${cfg.source}: agent.command: ${cfg.agent.command[0]} not found`)

@@ -14,6 +14,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, re
 import { join } from 'node:path'
 import { isAlive, terminate, type ProcId } from './proc.js'
 import type { ComponentName } from './config.js'
+import { removeAgentNet } from './sandbox-net.js'
 
 export interface ComponentRecord extends ProcId {
   startedAt: number
@@ -34,6 +35,8 @@ export interface RuntimeState {
   links: string[]
   /** sockets to remove on down */
   sockets: string[]
+  /** the agent sandbox's id (lib/supervisor/sandbox-net.ts): namespace, veth, iptables, registry */
+  sandboxId?: string
 }
 
 export const statePath = (rt: string) => join(rt, 'state.json')
@@ -137,6 +140,7 @@ export async function cleanStale(rt: string, s: RuntimeState | undefined = readS
     }
   }
   if (only) return report
+  if (s.sandboxId) for (const d of removeAgentNet(s.sandboxId)) if (d.startsWith('netns ')) report.netns.push(d.slice(6))
   const haveNs = new Set(listNetns())
   for (const ns of s.netns ?? []) {
     if (!haveNs.has(ns)) continue

@@ -27,7 +27,8 @@ import { specHash, type ComponentSpec } from './components.js'
 import { checkHealth } from './health.js'
 import { logPath, openCapture, rotateIfNeeded } from './logs.js'
 import { isAlive, procId, signalGroup, sleep, terminate, type ProcId } from './proc.js'
-import { cleanStale, ensureDir, linksToNetns, listLinks, netnsOfPid, readState, removeState, supervisorAlive, supervisorSocket, writeState, type RuntimeState } from './runtime.js'
+import { cleanStale, ensureDir, listLinks, readState, removeState, supervisorAlive, supervisorSocket, writeState, type RuntimeState } from './runtime.js'
+import { prepareAgentNet, removeAgentNet, sandboxId } from './sandbox-net.js'
 
 export type Status = 'stopped' | 'starting' | 'healthy' | 'running' | 'unhealthy' | 'restarting' | 'crash-loop' | 'failed'
 
@@ -90,6 +91,7 @@ export class Supervisor extends EventEmitter {
   private timers: NodeJS.Timeout[] = []
   private readonly startedAt = Date.now()
   private readonly log: pino.Logger
+  private sandboxId?: string
   private netns = new Set<string>()
   private links = new Set<string>()
   /** resolves with the exit code when the system stops (stop(), or agent on_exit: stop) */
@@ -128,6 +130,7 @@ export class Supervisor extends EventEmitter {
     if (prev) {
       for (const ns of prev.netns ?? []) this.netns.add(ns)
       for (const l of prev.links ?? []) this.links.add(l)
+      if (prev.sandboxId) this.sandboxId = prev.sandboxId
       const stale: ComponentName[] = []
       for (const [name, rec] of Object.entries(prev.components) as Array<[ComponentName, NonNullable<RuntimeState['components'][ComponentName]>]>) {
         const r = this.runners.get(name)
@@ -139,6 +142,27 @@ export class Supervisor extends EventEmitter {
         for (const k of rep.killed) this.log.warn({ stale: k }, `stopped stale ${k.component} (pid ${k.pid}) left by a previous supervisor`)
       }
       this.log.info({ previous: prev.supervisor.pid, adoptable: [...adoptable.keys()] }, 'previous supervisor found dead; recovering')
+    }
+    // the agent's network namespace: kept when a live agent is adopted, else made afresh
+    // (before the engine starts: it adds the gate address the engine listens on)
+    if (this.cfg.agent.confine) {
+      const id = sandboxId(this.cfg.runtimeDir)
+      this.sandboxId = id
+      const name = `cordon-${id}`
+      if (!adoptable.has('agent') || !existsSync(`/run/netns/${name}`)) {
+        const removed = removeAgentNet(id)
+        if (removed.length) this.log.warn({ removed }, 'removed a stale sandbox network')
+        try {
+          const net = prepareAgentNet(this.cfg.runtimeDir, Number(this.cfg.engine.listen.split(':').pop()))
+          if (net.firewallNote) this.log.warn({ note: net.firewallNote }, 'sandbox firewall')
+          this.netns = new Set([net.name])
+          this.links = new Set([`cdn${(Number(net.hostAddress.split('.').pop()) - 1) / 4}h`])
+          this.log.info({ netns: net.name, sandbox: net.sandboxAddress, gate: net.gate }, 'sandbox network ready')
+        } catch (e) {
+          await this.stop(1)
+          throw new Error(`cannot prepare the agent's network namespace: ${(e as Error).message}`)
+        }
+      }
     }
     this.persist()
     try {
@@ -152,7 +176,6 @@ export class Supervisor extends EventEmitter {
           }
           await terminate(rec, 2000)
         }
-        if (r.spec.name === 'agent') await this.cleanAgentNet()
         await this.launch(r, true)
       }
     } catch (e) {
@@ -256,7 +279,6 @@ export class Supervisor extends EventEmitter {
       this.log.info({ target: s.name, pid: r.id?.pid, ms, restart: !initial }, `${s.name} ${initial ? 'started' : 'restarted'} and healthy in ${ms} ms`)
       this.event(s.name, r.status, { ms, pid: r.id?.pid, detail: s.listen })
       this.startHealthLoop(r, gen)
-      if (s.name === 'agent') setTimeout(() => this.recordAgentNet(r), 200).unref()
       return
     }
     const why = exitInfo
@@ -355,7 +377,6 @@ export class Supervisor extends EventEmitter {
       if (this.stopping || gen !== r.generation) return
       r.restarts++
       void (async () => {
-        if (name === 'agent') await this.cleanAgentNet()
         await this.launch(r, false)
       })().catch((e: Error) => this.log.error({ target: name, err: e.message }, `restart of ${name} failed`))
     }, delay)
@@ -377,46 +398,6 @@ export class Supervisor extends EventEmitter {
     }
     r.restarts++
     await this.launch(r, false)
-  }
-
-  /** Record the sandbox's network namespace and host-side links so a later cleanup finds them. */
-  private recordAgentNet(r: Runner) {
-    if (!r.id) return
-    const pids = [r.id.pid, ...descendants(r.id.pid)]
-    const rootNs = netnsOfPid(process.pid)
-    let changed = false
-    for (const pid of pids) {
-      const ns = netnsOfPid(pid)
-      if (ns && ns !== rootNs && !this.netns.has(ns)) {
-        this.netns.add(ns)
-        changed = true
-      }
-    }
-    if (this.netns.size) {
-      for (const l of linksToNetns([...this.netns])) {
-        if (!this.links.has(l)) {
-          this.links.add(l)
-          changed = true
-        }
-      }
-    }
-    if (changed) {
-      this.log.info({ netns: [...this.netns], links: [...this.links] }, 'sandbox network recorded')
-      this.persist()
-    }
-  }
-
-  /** Remove namespaces/links a dead agent sandbox left behind (only ones we recorded). */
-  private async cleanAgentNet() {
-    if (!this.netns.size && !this.links.size) return
-    const st = readState(this.cfg.runtimeDir)
-    const fake: RuntimeState = { version: 1, supervisor: { pid: 0, start: 0, startedAt: 0, config: '', socket: '' }, components: {}, netns: [...this.netns], links: [...this.links], sockets: [] }
-    const rep = await cleanStale(this.cfg.runtimeDir, fake)
-    if (rep.netns.length || rep.links.length) this.log.info(rep, 'removed network namespaces/links left by the previous agent')
-    this.netns.clear()
-    this.links.clear()
-    void st
-    this.persist()
   }
 
   private rotate() {
@@ -459,6 +440,7 @@ export class Supervisor extends EventEmitter {
       netns: [...this.netns],
       links: [...this.links],
       sockets: [...this.runners.values()].map((r) => r.spec.control).filter((x): x is string => !!x),
+      sandboxId: this.sandboxId,
     }
     for (const r of this.runners.values()) {
       if (!r.id) continue
@@ -535,6 +517,7 @@ export class Supervisor extends EventEmitter {
         netns: [...this.netns],
         links: [...this.links],
         sockets: [...this.runners.values()].map((r) => r.spec.control).filter((x): x is string => !!x),
+        sandboxId: this.sandboxId,
       }
       await cleanStale(rt, st)
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))

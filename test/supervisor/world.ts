@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { FakeProvider } from '../router/fake-provider.js'
 import { FakeTelegram } from '../gateway/fakes/telegram.js'
-import { nextPort } from './helpers.js'
+import { nextPort, ROOT } from './helpers.js'
 
 export const PROVIDER_KEY = 'sk-e2e-real-key-0123456789abcdef'
 export const TG_TOKEN = '123456:TEST-telegram-token-abcdef'
@@ -31,6 +31,7 @@ export interface World {
 
 export async function startWorld(opts: { confineServices?: boolean; confineAgent?: boolean } = {}): Promise<World> {
   const dir = mkdtempSync(join(tmpdir(), 'cordon-e2e-'))
+  const confineAgent = opts.confineAgent ?? true
   const provider = await FakeProvider.start({ expectKey: PROVIDER_KEY, answer: 'hello from the fake model', name: 'fake' })
   const tg = await FakeTelegram.start(TG_TOKEN)
   const up = { hits: 0, port: 0, close: async () => {} }
@@ -83,6 +84,9 @@ routes:
   writeFileSync(
     join(dir, 'agent.yaml'),
     `version: 1
+filesystem:
+  # the reference agent and its dependencies (this checkout), read-only
+  read_only: [${ROOT}]
 network:
   mode: proxy
   unlisted: ask
@@ -97,13 +101,14 @@ network:
     state_dir: join(dir, 'state'),
     log_dir: join(dir, 'logs'),
     policy: join(dir, 'agent.yaml'),
-    engine: svc({ listen: `127.0.0.1:${ports.engine}`, args: ['--resolve', `upstream.test=127.0.0.1`, '--netns-registry', join(dir, 'run', 'netns')] }),
+    // confined agent: the gate listens on the link-local gate address the namespace routes to
+    engine: svc({ listen: `${confineAgent ? '169.254.77.1' : '127.0.0.1'}:${ports.engine}`, args: ['--resolve', `upstream.test=127.0.0.1`] }),
     router: svc({ listen: `127.0.0.1:${ports.router}`, config: join(dir, 'router.yaml') }),
     gateway: svc({ agent_listen: `127.0.0.1:${ports.gateway}`, config: join(dir, 'gateway.yaml') }),
     agent: {
-      confine: opts.confineAgent ?? false,
+      confine: confineAgent,
       workspace: join(dir, 'workspace'),
-      env: opts.confineAgent ? {} : { HTTP_PROXY: `http://127.0.0.1:${ports.engine}`, http_proxy: `http://127.0.0.1:${ports.engine}`, NO_PROXY: '', no_proxy: '' },
+      env: confineAgent ? {} : { HTTP_PROXY: `http://127.0.0.1:${ports.engine}`, http_proxy: `http://127.0.0.1:${ports.engine}`, NO_PROXY: '', no_proxy: '' },
       max_restarts: 10,
     },
   }
