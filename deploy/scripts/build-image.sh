@@ -63,6 +63,9 @@ find "$CTX/package/node_modules" -type f \( -name '*.map' -o -name '*.d.ts' -o -
 find "$CTX/package/dist" -type f -name '*.map' -delete
 log "staged $(wc -l < "$CTX/deps.txt") production dependency trees ($(du -sm "$CTX/package/node_modules" | cut -f1) MB)"
 
+# Root-owned and read-only for everyone in the image (set here: a RUN chmod would copy every file
+# into a second layer).
+chmod -R a-w,a+rX "$CTX/package"
 version=$(node -p 'require("./package.json").version')
 podman build --quiet --layers=false -f deploy/Containerfile -t "$IMAGE" -t "localhost/cordon:$version" "$CTX" >/dev/null
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')

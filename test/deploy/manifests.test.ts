@@ -147,7 +147,9 @@ t.test('secrets: provider keys only in the router, channel tokens only in the ga
   t.same(users('cordon-control'), ['engine', 'gateway'], 'cordon-control: engine and gateway only')
   t.equal(byKind('Secret').length, 0, 'no Secret object in the manifests (created by the operator, never in git)')
   const routerCfg = get('ConfigMap', 'cordon-router-config').data['router.yaml'] as string
-  for (const m of routerCfg.matchAll(/file:\s*(\S+?)\s*\}/g)) t.match(m[1], /^\/var\/run\/secrets\/cordon\/router\//, `router key ${m[1]} is in the router's Secret mount`)
+  for (const m of routerCfg.matchAll(/file:\s*(\S+?)\s*\}/g)) t.match(m[1], /^\/run\/cordon\/keys\//, `router key ${m[1]} is in the router's key copy (from its Secret, by its init container)`)
+  const rspec = podSpecOf(workload('router'))!
+  t.equal(rspec.volumes.find((v: Obj) => v.name === 'keys').emptyDir.medium, 'Memory', 'router key copy: memory-backed, never on disk')
   const gwCfg = get('ConfigMap', 'cordon-gateway-config').data['gateway.yaml'] as string
   for (const m of gwCfg.matchAll(/file:\s*(\S+?)\s*\}/g)) t.match(m[1], /^\/var\/run\/secrets\/cordon\/(gateway|control)\//, `gateway secret ${m[1]} is in a gateway Secret mount`)
   for (const cm of byKind('ConfigMap')) t.notMatch(JSON.stringify(cm.data), /sk-[A-Za-z0-9]{8}|xox[bp]-|\d{6,}:[A-Za-z0-9_-]{30}/, `${cm.metadata.name} holds no credential`)
@@ -186,11 +188,13 @@ t.test('config files: the seccomp ConfigMap is profiles/seccomp/agent.json; conf
   t.doesNotThrow(() => compileNetworkPolicy(get('ConfigMap', 'cordon-engine-policy').data['policy.yaml'], 'policy.yaml'), 'engine policy.yaml is a valid network policy')
   const { loadPolicy } = await import('../../lib/policy/load.js')
   const pf = path.join(dir, 'agent.yaml')
-  writeFileSync(pf, get('ConfigMap', 'cordon-sandbox-policy').data['agent.yaml'])
+  // /opt/cordon exists in the image, not on this host: point it at the package checkout
+  writeFileSync(pf, String(get('ConfigMap', 'cordon-sandbox-policy').data['agent.yaml']).replaceAll('/opt/cordon', ROOT))
   const p = loadPolicy(pf, { workspace: dir }) as unknown as Obj
   t.equal(p.network?.mode, 'host', 'sandbox policy: network host (the pod namespace)')
   t.ok(p.process?.seccomp?.profile, 'sandbox policy keeps a seccomp profile')
   t.equal(p.filesystem?.workspace, dir, 'sandbox policy: the workspace is the one passed (the pod mounts /workspace)')
+  t.ok((p.process?.env?.pass ?? []).includes('HTTP_PROXY'), 'sandbox policy passes HTTP_PROXY to the agent')
   t.equal(p.filesystem?.tmp, 'shared', 'sandbox policy: /tmp is the pod\'s own emptyDir (no mount namespace in a pod)')
 })
 
