@@ -44,7 +44,7 @@ t.test('allowlisted sender: message reaches the agent, the reply reaches Telegra
 })
 
 t.test('unknown sender gets a pairing code; nothing reaches the agent until approve', async (t) => {
-  const { tg, gw } = await setup(t)
+  const { tg, gw, audit } = await setup(t)
   const agent = echoAgent(gw.agentUrl)
   t.teardown(agent.stop)
   tg.message({ from: 2002, text: 'let me in' })
@@ -68,6 +68,9 @@ t.test('unknown sender gets a pairing code; nothing reaches the agent until appr
   t.equal(sent[2]!.text, 'echo: now?')
   t.equal(agent.seen.length, 1)
   t.equal(agent.seen[0]!.text, 'now?')
+  const events = readFileSync(audit, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+  t.ok(events.some((e) => e.event === 'inbound' && e.sender === '2002' && e.outcome === 'pairing'), 'audit: pairing outcome')
+  t.ok(events.some((e) => e.event === 'pairing' && e.sender === '2002' && e.decision === 'approved'), 'audit: the decision')
 })
 
 t.test('groups: only messages that mention the bot reach the agent', async (t) => {

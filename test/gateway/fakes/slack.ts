@@ -51,6 +51,11 @@ export class FakeSlack {
     return f
   }
 
+  /** Cut every Socket Mode connection (the gateway should reconnect). */
+  dropSockets(): void {
+    for (const ws of this.sockets) ws.terminate()
+  }
+
   get connected(): number {
     return this.sockets.size
   }
