@@ -1,8 +1,10 @@
 /**
  * The engine's view of a policy file: only its `network` section, compiled to rules with
- * file:line origins. This is a small adapter: when lib/policy exports loadPolicy() with the
- * network section, `loadNetworkPolicy` can delegate the validation to it; the compilation to
- * rules (lib/engine/rules.ts) stays here.
+ * file:line origins. A full cordon policy (it has `version:`) is loaded and validated by
+ * lib/policy's loadPolicy (the same loader `cordon run` uses: schema, `extends` of profiles),
+ * and the engine takes the merged network section from it; a file without `version:` is read
+ * as a network-only policy by the adapter below. Rule compilation (lib/engine/rules.ts) and
+ * presets stay here.
  *
  *   network: none | host | { mode: proxy, presets: [npm, telegram], allow: [rules], deny: [rules],
  *                            unlisted: ask | deny, bind: [ports] }
@@ -13,6 +15,7 @@ import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { LineCounter, parseDocument, isMap, isSeq, isScalar, type Node as YNode, Document } from 'yaml'
 import { type CompiledNetwork, type Rule, type RuleSpec, parseRule, RuleError } from './rules.js'
+import { loadPolicy, PolicyError } from '../policy/index.js'
 
 export interface PolicyProblem {
   file: string
@@ -221,7 +224,78 @@ export function loadNetworkPolicy(file: string, presetDir?: string): LoadedPolic
     throw new PolicyLoadError([{ file, line: 0, col: 0, message: `cannot read the policy file: ${(e as Error).message}` }])
   }
   const text = buf.toString('utf8')
-  return { file, hash: sha256(buf), text, network: compileNetworkPolicy(text, file, presetDir) }
+  const hash = sha256(buf)
+  // a full cordon policy: validate it whole with lib/policy and take its merged network section
+  const doc = parseDocument(text)
+  if (!doc.errors.length && isMap(doc.contents) && doc.contents.has('version')) {
+    let resolvedNet: unknown
+    try {
+      resolvedNet = loadPolicy(file, { workspace: path.dirname(path.resolve(file)) }).network
+    } catch (e) {
+      // paths of the sandbox's filesystem need not exist where the engine runs (another pod):
+      // when only filesystem problems are reported, read the network section ourselves
+      const all = e instanceof PolicyError ? [e, ...e.others] : []
+      if (all.length && all.every((x) => (x.field ?? '').startsWith('filesystem'))) {
+        return { file, hash, text, network: compileNetworkPolicy(text, file, presetDir) }
+      }
+      if (e instanceof PolicyError) {
+        const lines = e.report.split('\n')
+        throw new PolicyLoadError(
+          lines.map((l) => {
+            const m = /^(.*?):(\d+): (.*)$/.exec(l)
+            return m ? { file: m[1]!, line: Number(m[2]), col: 1, message: m[3]! } : { file, line: 0, col: 0, message: l }
+          }),
+        )
+      }
+      throw e
+    }
+    // the file's own network section gives rules their file:line origins; when the network
+    // section comes from an extended profile, compile the resolved one (origins: field paths)
+    const own = compileNetworkPolicy(text, file, presetDir)
+    const rn = resolvedNet as { mode: string }
+    const ownJs = (doc.toJS() as { network?: unknown }).network
+    const same = (() => {
+      if (ownJs === undefined) return false
+      if (typeof ownJs === 'string') return ownJs === rn.mode
+      const o = ownJs as Record<string, unknown>
+      const r = rn as Record<string, unknown>
+      return o.mode === r.mode && ['allow', 'deny', 'presets'].every((k) => JSON.stringify(o[k] ?? []) === JSON.stringify(r[k] ?? []))
+    })()
+    if (same) return { file, hash, text, network: own }
+    return { file, hash, text, network: compileResolved(rn as ResolvedNetwork, file, presetDir) }
+  }
+  return { file, hash, text, network: compileNetworkPolicy(text, file, presetDir) }
+}
+
+type ResolvedNetwork =
+  | { mode: 'none' | 'host' }
+  | { mode: 'proxy'; presets: string[]; allow: RuleSpec[]; deny: RuleSpec[]; unlisted: 'ask' | 'deny'; bind: number[] }
+
+function compileResolved(n: ResolvedNetwork, file: string, presetDir?: string): CompiledNetwork {
+  const net: CompiledNetwork = { mode: n.mode, allow: [], deny: [], unlisted: 'deny', presets: [], bind: [] }
+  if (n.mode !== 'proxy') return net
+  const problems: PolicyProblem[] = []
+  net.unlisted = n.unlisted
+  net.bind = [...n.bind]
+  for (const name of n.presets) {
+    try {
+      net.allow.push(...loadPreset(name, presetDir).rules)
+      net.presets.push(name)
+    } catch (e) {
+      problems.push({ file, line: 0, col: 0, message: `network.presets: ${(e as Error).message}` })
+    }
+  }
+  for (const kind of ['allow', 'deny'] as const) {
+    n[kind].forEach((spec, i) => {
+      try {
+        net[kind].push(parseRule(spec, `${path.basename(file)} (merged) network.${kind}[${i}]`, kind))
+      } catch (e) {
+        problems.push({ file, line: 0, col: 0, message: `network.${kind}[${i}]: ${(e as Error).message}` })
+      }
+    })
+  }
+  if (problems.length) throw new PolicyLoadError(problems)
+  return net
 }
 
 /**

@@ -116,3 +116,20 @@ t.test('policy adapter: file:line errors, presets', async (t) => {
     t.ok(loadPreset(name).rules.length > 0)
   }
 })
+
+t.test('a full cordon policy (version: 1) is validated by lib/policy; the engine takes its network section', async (t) => {
+  const { loadNetworkPolicy } = await import('../../lib/engine/policy.js')
+  const fs = await import('node:fs')
+  const os = await import('node:os')
+  const path = await import('node:path')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cordon-engine-full-'))
+  const f = path.join(dir, 'policy.yaml')
+  fs.writeFileSync(f, 'version: 1\nextends: none\nnetwork:\n  mode: proxy\n  unlisted: ask\n  allow:\n    - api.example.com\n')
+  const p = loadNetworkPolicy(f)
+  t.equal(p.network.unlisted, 'ask')
+  t.equal(p.network.allow[0]!.origin, 'policy.yaml:7 network.allow[0]')
+  fs.writeFileSync(f, 'version: 1\nextends: none\nnetwork:\n  mode: proxy\n  allow:\n    - "bad host"\n')
+  t.throws(() => loadNetworkPolicy(f), /policy\.yaml:6:\d+: network\.allow\[0\]/)
+  fs.writeFileSync(f, 'version: 1\nextends: none\nnetwork: host\nprocess: { nosuch: 1 }\n')
+  t.throws(() => loadNetworkPolicy(f), /policy\.yaml:4/, 'the whole policy is validated, not only the network section')
+})
