@@ -73,6 +73,8 @@ function runBpf(prog: Uint8Array, data: { nr: number; arch: number; args?: bigin
 
 const action = (r: number) => (r & SECCOMP_RET_ACTION_FULL) >>> 0
 
+// an emulated Node: slow on a busy box
+t.setTimeout(300000)
 t.comment(NOTICE)
 
 const qemu = which('qemu-aarch64-static') ?? which('qemu-aarch64')

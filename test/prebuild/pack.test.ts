@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ROOT, ensurePrebuilds, pathWithoutCompilers, sh, which } from './helpers.js'
 
+// npm pack (tsc) + an install of every dependency: minutes on a busy 2-core box.
+t.setTimeout(600000)
 ensurePrebuilds()
 
 // Outside /tmp: cordon gives the sandbox a private /tmp, so a file under the host's /tmp would be
