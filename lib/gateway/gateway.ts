@@ -430,6 +430,13 @@ export class Gateway {
   private async handleAgent(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://gateway.local')
     const p = url.pathname
+    const decode = (s: string) => {
+      try {
+        return decodeURIComponent(s)
+      } catch {
+        throw new HttpError(400, `malformed percent-encoding in ${p}`)
+      }
+    }
     if (p === '/v1/health' && req.method === 'GET') return sendJson(res, 200, { ok: true })
     if (!bearerOk(req, this.agentToken)) return sendJson(res, 401, { error: 'missing or wrong bearer token (set CORDON_GATEWAY_TOKEN)' })
     const cfg = this.opts.config.agent
@@ -442,8 +449,9 @@ export class Gateway {
       this.stopCtl.signal.addEventListener('abort', onStop)
       try {
         const got = await this.inbox.waitTake(max, cfg.visibility_timeout_s * 1000, wait * 1000, ac.signal)
-        if (res.destroyed) {
+        if (res.destroyed || ac.signal.aborted) {
           // the client went away while we waited: put what we took back at once
+          this.inbox.release(got.map((g) => g.s.msg.id))
           return
         }
         return sendJson(res, 200, { messages: got.map((g) => ({ ...g.s.msg, delivery: g.deliveries })), lease_s: cfg.visibility_timeout_s })
@@ -454,7 +462,7 @@ export class Gateway {
     let m = /^\/v1\/messages\/([^/]+)\/ack$/.exec(p)
     if (m && req.method === 'POST') {
       await readBody(req, 4096)
-      const id = decodeURIComponent(m[1]!)
+      const id = decode(m[1]!)
       const r = await this.inbox.ack(id)
       if (r === 'unknown') return sendJson(res, 404, { error: `no message ${id} is waiting for an ack` })
       return sendJson(res, 200, { id, status: r })
@@ -494,7 +502,7 @@ export class Gateway {
     }
     m = /^\/v1\/attachments\/([^/]+)$/.exec(p)
     if (m && req.method === 'GET') {
-      const aid = decodeURIComponent(m[1]!)
+      const aid = decode(m[1]!)
       const msgId = aid.slice(0, aid.lastIndexOf('.'))
       const src = this.inbox.get(msgId)?.sources.find((s) => s.id === aid)
       if (!src) return sendJson(res, 404, { error: `no attachment ${aid} (attachments can be fetched until their message is acked)` })

@@ -156,6 +156,18 @@ export class Inbox {
     }
   }
 
+  /** Give leased messages back at once (the poller went away before it got them). */
+  release(ids: string[]): void {
+    for (const id of ids) {
+      const p = this.pending.get(id)
+      if (p) {
+        p.leaseUntil = 0
+        p.deliveries = Math.max(0, p.deliveries - 1)
+      }
+    }
+    if (ids.length) for (const w of [...this.waiters]) w()
+  }
+
   async ack(id: string): Promise<'acked' | 'already' | 'unknown'> {
     if (this.acked.has(id)) return 'already'
     if (!this.pending.has(id)) return 'unknown'

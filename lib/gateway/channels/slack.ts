@@ -143,7 +143,10 @@ export class SlackAdapter implements ChannelAdapter {
     const c = this.names.get(user)
     if (c) return c
     try {
-      const r = (await this.web.users.info({ user })) as { user?: { real_name?: string; name?: string } }
+      // Slack wants its 200 within 3 s: a slow lookup falls back to the id
+      const r = (await Promise.race([this.web.users.info({ user }), new Promise((_, rej) => setTimeout(() => rej(new Error('timeout')), 1500).unref())])) as {
+        user?: { real_name?: string; name?: string }
+      }
       const n = r.user?.real_name || r.user?.name || user
       this.names.set(user, n)
       return n
