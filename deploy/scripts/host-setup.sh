@@ -39,6 +39,17 @@ else
   log "packages present: $PKGS"
 fi
 
+# kubectl (kustomize is built in) renders the manifests for the tests. Debian does not package
+# it; install it from an apt source that has it (e.g. packages.cloud.google.com) when one is
+# configured, otherwise say what is missing.
+if ! command -v kubectl >/dev/null; then
+  if apt-cache show kubectl >/dev/null 2>&1; then
+    flock /tmp/cordon-apt.lock apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends kubectl >/dev/null
+  else
+    log "WARNING: kubectl not found and no apt source provides it; the deploy tests render with 'kubectl kustomize'"
+  fi
+fi
+
 nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
 [ "$nofile" = unlimited ] && nofile=1048576
 [ "$nproc" = unlimited ] && nproc=65536

@@ -34,7 +34,8 @@ export function render(dir: string): Obj[] {
   return parseAllDocuments(out).map((d) => d.toJS() as Obj).filter(Boolean)
 }
 
-const MODELS: Record<string, { module: string; cls: { new (d: unknown): { validate(): void } } }> = {
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const MODELS: Record<string, { module: string; cls: { new (d: any): { validate(): void } } }> = {
   'v1/Namespace': { module: 'kubernetes-models/v1', cls: core.Namespace },
   'v1/ServiceAccount': { module: 'kubernetes-models/v1', cls: core.ServiceAccount },
   'v1/Service': { module: 'kubernetes-models/v1', cls: core.Service },

@@ -9,7 +9,8 @@
  *   no direct route to the fake provider.
  * Translations podman needs are printed (lib/podman.ts). NOT exercised: see NOT_EXERCISED.
  * Needs root and podman (deploy/scripts/host-setup.sh) and the image (build-image.sh);
- * `npm run test:deploy` (test/deploy/run.sh) does all of it.
+ * `npm run test:deploy` (test/deploy/run.sh) does all of it. Not named *.test.ts: a plain
+ * `npm test` does not run it (it needs root, podman and a 2-minute image build).
  */
 import t from 'tap'
 import http from 'node:http'
