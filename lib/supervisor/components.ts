@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
 import { controlSocket } from './runtime.js'
 import { sandboxId } from './sandbox-net.js'
+import { writeServicePolicy } from './service-policy.js'
 
 export interface ComponentSpec {
   name: ComponentName
@@ -88,10 +89,13 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   const self = cordonSelf()
   const rt = cfg.runtimeDir
   const specs: ComponentSpec[] = []
-  const confine = (name: 'engine' | 'router' | 'gateway', argv: string[]): string[] => {
+  const keys = cfg.router.keys ?? (process.getuid?.() === 0 ? '/etc/cordon/keys.json' : undefined)
+  const confine = (name: 'engine' | 'router' | 'gateway', argv: string[], config?: string): string[] => {
     const s = cfg[name]
     if (!s.confine) return argv
-    return [...self, 'run', '--policy', s.servicePolicy, '--', ...argv]
+    const d = componentDirs(cfg, name)
+    const policy = writeServicePolicy(cfg, name, { stateDir: d.dir, socketDir: dirname(controlSocket(rt, name)), config, keys: name === 'router' ? keys : undefined })
+    return [...self, 'run', '--policy', policy, '--workspace', d.dir, '--', ...argv]
   }
 
   {
@@ -119,12 +123,12 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
       ...(config ? ['--config', config] : []),
       '--listen', cfg.router.listen,
       '--control', control,
-      ...(cfg.router.keys ? ['--keys', cfg.router.keys] : []),
+      ...(keys ? ['--keys', keys] : []),
       '--audit', d.audit,
       '--state', d.state,
       ...cfg.router.args,
     ]
-    specs.push({ name: 'router', argv: confine('router', argv), env: { ...baseEnv(), ...cfg.router.env }, control, listen: cfg.router.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.router.startTimeoutMs, healthIntervalMs: cfg.router.healthIntervalMs, healthFailures: cfg.router.healthFailures })
+    specs.push({ name: 'router', argv: confine('router', argv, config), env: { ...baseEnv(), ...cfg.router.env }, control, listen: cfg.router.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.router.startTimeoutMs, healthIntervalMs: cfg.router.healthIntervalMs, healthFailures: cfg.router.healthFailures })
   }
   {
     const d = componentDirs(cfg, 'gateway')
@@ -139,7 +143,7 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
       '--state', d.state,
       ...cfg.gateway.args,
     ]
-    specs.push({ name: 'gateway', argv: confine('gateway', argv), env: { ...baseEnv(), ...cfg.gateway.env }, control, listen: cfg.gateway.agentListen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.gateway.startTimeoutMs, healthIntervalMs: cfg.gateway.healthIntervalMs, healthFailures: cfg.gateway.healthFailures })
+    specs.push({ name: 'gateway', argv: confine('gateway', argv, config), env: { ...baseEnv(), ...cfg.gateway.env }, control, listen: cfg.gateway.agentListen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.gateway.startTimeoutMs, healthIntervalMs: cfg.gateway.healthIntervalMs, healthFailures: cfg.gateway.healthFailures })
   }
   {
     const a = cfg.agent

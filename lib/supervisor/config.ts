@@ -196,7 +196,7 @@ function service(raw: RawService | undefined, name: ServiceName, base: string): 
   }
 }
 
-export const DEFAULT_AGENT_POLICY = resolve(PKG_ROOT, 'profiles', 'agent.default.yaml')
+export const DEFAULT_AGENT_POLICY = resolve(PKG_ROOT, 'profiles', 'cordon.agent.yaml')
 export const REFERENCE_AGENT = resolve(PKG_ROOT, 'examples', 'agent', 'agent.mjs')
 
 /** node + the reference agent; in a checkout without dist/ it needs tsx's loader for cordon/agent. */

@@ -10,8 +10,8 @@
  * state.json is written atomically (write temp, fsync, rename).
  */
 import { execFileSync } from 'node:child_process'
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs'
-import { join } from 'node:path'
+import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, unlinkSync, writeSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { isAlive, terminate, type ProcId } from './proc.js'
 import type { ComponentName } from './config.js'
 import { removeAgentNet } from './sandbox-net.js'
@@ -41,7 +41,10 @@ export interface RuntimeState {
 
 export const statePath = (rt: string) => join(rt, 'state.json')
 export const supervisorSocket = (rt: string) => join(rt, 'supervisor.sock')
-export const controlSocket = (rt: string, c: string) => join(rt, `${c}.sock`)
+/** each service's socket lives in its own directory, the only one of RUNTIME_DIR it may write */
+export const controlSocket = (rt: string, c: string) => join(rt, c, 'control.sock')
+/** RUNTIME_DIR/<c>.sock -> <c>/control.sock, where the components' own CLIs look by default */
+export const controlLink = (rt: string, c: string) => join(rt, `${c}.sock`)
 
 export function ensureDir(dir: string, mode = 0o700) {
   mkdirSync(dir, { recursive: true, mode })
@@ -154,7 +157,14 @@ export async function cleanStale(rt: string, s: RuntimeState | undefined = readS
     report.links.push(l)
   }
   for (const sock of [...(s.sockets ?? []), s.supervisor?.socket].filter(Boolean) as string[]) {
-    if (existsSync(sock)) {
+    let present = existsSync(sock)
+    try {
+      lstatSync(sock)
+      present = true // also a dangling link
+    } catch {
+      /* none */
+    }
+    if (present) {
       try {
         unlinkSync(sock)
         report.sockets.push(sock)
@@ -162,7 +172,16 @@ export async function cleanStale(rt: string, s: RuntimeState | undefined = readS
         /* gone */
       }
     }
+    // the per-service socket directory, when now empty
+    if (sock.endsWith('/control.sock')) {
+      try {
+        rmdirSync(dirname(sock))
+      } catch {
+        /* not empty or gone */
+      }
+    }
   }
+  rmSync(join(rt, 'policies'), { recursive: true, force: true })
   return report
 }
 

@@ -18,16 +18,16 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
-import { closeSync, existsSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from 'node:fs'
 import http from 'node:http'
-import { dirname } from 'node:path'
+import { dirname, relative } from 'node:path'
 import pino from 'pino'
 import type { CordonConfig, ComponentName } from './config.js'
 import { specHash, type ComponentSpec } from './components.js'
 import { checkHealth } from './health.js'
 import { logPath, openCapture, rotateIfNeeded } from './logs.js'
 import { isAlive, procId, signalGroup, sleep, terminate, type ProcId } from './proc.js'
-import { cleanStale, ensureDir, listLinks, readState, removeState, supervisorAlive, supervisorSocket, writeState, type RuntimeState } from './runtime.js'
+import { cleanStale, controlLink, ensureDir, listLinks, readState, removeState, supervisorAlive, supervisorSocket, writeState, type RuntimeState } from './runtime.js'
 import { prepareAgentNet, removeAgentNet, sandboxId } from './sandbox-net.js'
 
 export type Status = 'stopped' | 'starting' | 'healthy' | 'running' | 'unhealthy' | 'restarting' | 'crash-loop' | 'failed'
@@ -110,6 +110,20 @@ export class Supervisor extends EventEmitter {
       if (s.stateDir) mkdirSync(s.stateDir, { recursive: true, mode: 0o700 })
       if (s.audit) mkdirSync(dirname(s.audit), { recursive: true, mode: 0o700 })
       if (s.cwd) mkdirSync(s.cwd, { recursive: true, mode: 0o700 })
+      if (s.control) {
+        mkdirSync(dirname(s.control), { recursive: true, mode: 0o700 })
+        const link = controlLink(cfg.runtimeDir, s.name)
+        try {
+          if (readlinkSync(link) !== relative(cfg.runtimeDir, s.control)) unlinkSync(link)
+        } catch {
+          /* none */
+        }
+        try {
+          symlinkSync(relative(cfg.runtimeDir, s.control), link)
+        } catch {
+          /* exists */
+        }
+      }
       this.runners.set(s.name, { spec: s, hash: specHash(s), adopted: false, status: 'stopped', health: { ok: false }, restarts: 0, restartTimes: [], quickFailures: 0, failures: 0, checking: false, generation: 0, initial: false })
     }
     this.log = pino({ base: { component: 'supervisor' } }, pino.destination({ dest: logPath(cfg.logDir, 'supervisor'), append: true, sync: true, mkdir: true }))
@@ -410,6 +424,11 @@ export class Supervisor extends EventEmitter {
     }
   }
 
+  /** control sockets and the links to them (removed on down) */
+  private socketPaths(): string[] {
+    return [...this.runners.values()].flatMap((r) => (r.spec.control ? [r.spec.control, controlLink(this.cfg.runtimeDir, r.spec.name)] : []))
+  }
+
   status(): SupervisorStatus {
     const now = Date.now()
     return {
@@ -439,7 +458,7 @@ export class Supervisor extends EventEmitter {
       components: {},
       netns: [...this.netns],
       links: [...this.links],
-      sockets: [...this.runners.values()].map((r) => r.spec.control).filter((x): x is string => !!x),
+      sockets: this.socketPaths(),
       sandboxId: this.sandboxId,
     }
     for (const r of this.runners.values()) {
@@ -516,7 +535,7 @@ export class Supervisor extends EventEmitter {
         components: {},
         netns: [...this.netns],
         links: [...this.links],
-        sockets: [...this.runners.values()].map((r) => r.spec.control).filter((x): x is string => !!x),
+        sockets: this.socketPaths(),
         sandboxId: this.sandboxId,
       }
       await cleanStale(rt, st)

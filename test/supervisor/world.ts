@@ -3,7 +3,7 @@
  * (test/router), a fake Telegram (test/gateway/fakes), an "internet" upstream server, and a
  * cordon.yaml running the real engine, router, gateway and the reference agent.
  */
-import { mkdtempSync, writeFileSync, chmodSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs'
 import http from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
@@ -30,7 +30,9 @@ export interface World {
 }
 
 export async function startWorld(opts: { confineServices?: boolean; confineAgent?: boolean } = {}): Promise<World> {
-  const dir = mkdtempSync(join(tmpdir(), 'cordon-e2e-'))
+  // not under /tmp: the sandboxes get a private /tmp, and files there are awkward to grant
+  mkdirSync('/var/tmp', { recursive: true })
+  const dir = mkdtempSync('/var/tmp/cordon-e2e-')
   const confineAgent = opts.confineAgent ?? true
   const provider = await FakeProvider.start({ expectKey: PROVIDER_KEY, answer: 'hello from the fake model', name: 'fake' })
   const tg = await FakeTelegram.start(TG_TOKEN)
@@ -81,10 +83,12 @@ routes:
   // the agent's policy: proxy mode, unlisted hosts wait for the operator. The engine never lets
   // a name lead to loopback unless a rule names that range, so the stand-in "internet" host
   // (upstream.test -> 127.0.0.1) needs the cidr rule; the name itself stays unlisted (asks).
+  mkdirSync(join(dir, 'workspace'), { recursive: true, mode: 0o700 })
   writeFileSync(
     join(dir, 'agent.yaml'),
     `version: 1
 filesystem:
+  workspace: ${join(dir, 'workspace')}
   # the reference agent and its dependencies (this checkout), read-only
   read_only: [${ROOT}]
 network:
@@ -97,7 +101,9 @@ network:
   const svc = (extra: Record<string, unknown> = {}) => ({ confine: opts.confineServices ?? false, health_interval: 0.5, health_failures: 3, start_timeout: 60, ...extra })
   const cfg = {
     version: 1,
-    runtime_dir: join(dir, 'run'),
+    // under /run like the real /run/cordon (the sandbox has a private /tmp, so sockets under /tmp
+    // would be invisible to it anyway and an attack on them would prove nothing)
+    runtime_dir: `/run/cordon-test-${dir.split('-').pop()}`,
     state_dir: join(dir, 'state'),
     log_dir: join(dir, 'logs'),
     policy: join(dir, 'agent.yaml'),
@@ -117,7 +123,7 @@ network:
   return {
     dir,
     file,
-    runtime: cfg.runtime_dir,
+    runtime: cfg.runtime_dir as string,
     state: cfg.state_dir,
     logs: cfg.log_dir,
     provider,
