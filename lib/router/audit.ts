@@ -31,12 +31,24 @@ type Dest = { write(s: string): unknown; flushSync?: () => void; end?: () => voi
 
 export class AuditLog {
   private dest: Dest | null
+  private timer: NodeJS.Timeout | null = null
   constructor(
     file: string | null,
     private readonly redactor: Redactor,
     dest?: Dest,
   ) {
-    this.dest = dest ?? (file ? (pino.destination({ dest: file, sync: false, minLength: 0, mkdir: true }) as unknown as Dest) : null)
+    // buffered: one write(2) per 8 KiB or per 200 ms, not one per call (the hot path is syscall-bound)
+    this.dest = dest ?? (file ? (pino.destination({ dest: file, sync: false, minLength: 8192, mkdir: true }) as unknown as Dest) : null)
+    if (!dest && file) {
+      this.timer = setInterval(() => {
+        try {
+          ;(this.dest as { flush?: () => void } | null)?.flush?.()
+        } catch {
+          /* not open yet */
+        }
+      }, 200)
+      this.timer.unref()
+    }
   }
 
   write(rec: AuditRecord): void {
@@ -45,6 +57,7 @@ export class AuditLog {
   }
 
   close(): void {
+    if (this.timer) clearInterval(this.timer)
     try {
       this.dest?.flushSync?.()
     } catch {

@@ -37,6 +37,42 @@ export function usageFromJson(obj: unknown): Usage | null {
   )
 }
 
+/**
+ * Usage from a whole JSON response without parsing all of it: find the last top-level-looking
+ * `"usage":{...}` object and parse just that (answers can be large; usage is small and near the end).
+ */
+export function usageFromJsonBuffer(buf: Buffer): Usage | null {
+  const text = buf.toString('latin1')
+  let i = text.lastIndexOf('"usage"')
+  while (i >= 0) {
+    const start = text.indexOf('{', i + 7)
+    if (start < 0) return null
+    // only whitespace and a colon between the key and the object
+    if (/^\s*:\s*$/.test(text.slice(i + 7, start))) {
+      let depth = 0
+      let inStr = false
+      for (let j = start; j < text.length; j++) {
+        const c = text.charCodeAt(j)
+        if (inStr) {
+          if (c === 92) j++
+          else if (c === 34) inStr = false
+        } else if (c === 34) inStr = true
+        else if (c === 123) depth++
+        else if (c === 125 && --depth === 0) {
+          try {
+            return fromUsageObject(JSON.parse(text.slice(start, j + 1)))
+          } catch {
+            return null
+          }
+        }
+      }
+      return null
+    }
+    i = text.lastIndexOf('"usage"', i - 1)
+  }
+  return null
+}
+
 /** Scans SSE bytes for usage without holding them back: the caller forwards its chunks as is. */
 export class SseUsageScanner {
   input = 0

@@ -49,6 +49,8 @@ export interface FakeProviderOptions {
   chunkDelayMs?: number
   /** Name shown in answers ("fake-a"), to tell providers apart in fallback tests. */
   name?: string
+  /** Keep every request in .requests (default true; benchmarks turn it off). */
+  record?: boolean
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -125,7 +127,7 @@ export class FakeProvider extends EventEmitter {
     }
     const path = (req.url ?? '/').split('?')[0]!
     const rec: ReceivedRequest = { method: req.method ?? 'GET', path, headers: req.headers, rawBody, body, at: Date.now() }
-    this.requests.push(rec)
+    if (this.opts.record !== false) this.requests.push(rec)
     this.emit('request', rec)
     const anthropic = path.startsWith('/v1/messages')
     const text = JSON.stringify(body?.messages ?? body?.input ?? body?.prompt ?? '')

@@ -1,0 +1,215 @@
+/**
+ * Router benchmark (npm run bench:router = `npx tsx bench/router.ts`).
+ *
+ * Measured in one run, each server in its own process: the fake provider (test/router/fake-provider.ts),
+ * the cordon router in front of it (pinned to one CPU with taskset when available, audit on),
+ * and @portkey-ai/gateway in front of the same fake provider. The load generator (this process,
+ * undici keep-alive pool) measures:
+ *   - latency p50/p99 direct vs through the router vs through portkey, at 1 and 200 concurrent
+ *     clients, and the added latency (proxy minus direct) and its ratio to portkey's;
+ *   - requests per second at 200 concurrent clients (non-streamed);
+ *   - streaming time to first byte direct vs router.
+ * Goals (issue 4): added p50 < 0.5 ms, added p99 < 2 ms, >= 5,000 non-streamed req/s on one core.
+ * The box is shared: the load average is printed, and numbers from a loaded machine are noisy.
+ *
+ * Env: BENCH_N1 (requests at concurrency 1, default 2000), BENCH_N200 (default 30000).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir, loadavg, cpus } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { performance } from 'node:perf_hooks'
+import { createRequire } from 'node:module'
+import { Pool } from 'undici'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const KEY = 'sk-bench-0123456789abcdef0123456789abcdef'
+const role = process.argv[2]
+
+if (role === 'fake') {
+  const { FakeProvider } = await import('../test/router/fake-provider.js')
+  const f = await FakeProvider.start({ expectKey: KEY, record: false })
+  process.stdout.write(JSON.stringify({ port: f.port }) + '\n')
+} else if (role === 'router') {
+  const { PrivacyRouter } = await import('../lib/router/index.js')
+  const { setKey } = await import('../lib/router/keys.js')
+  const dir = process.argv[4]!
+  const keys = join(dir, 'keys.json')
+  setKey(keys, 'openai', KEY)
+  const cfg = join(dir, 'router.yaml')
+  writeFileSync(
+    cfg,
+    `prices:\n  up-model: { input: 0.15, output: 0.6 }\ndefaults:\n  limits: { rpm: 100000000, tpm: 1000000000 }\nroutes:\n  - name: bench\n    models: [m]\n    targets:\n      - { provider: openai, base_url: "http://127.0.0.1:${process.argv[3]}/v1", model: up-model, key: { store: openai } }\n`,
+  )
+  const r = await PrivacyRouter.start({ config: cfg, listen: ['127.0.0.1:0'], keys, audit: join(dir, 'audit.jsonl'), state: join(dir, 'state'), logLevel: 'warn', watch: false })
+  const a = r.addresses()[0]!
+  process.stdout.write(JSON.stringify({ port: Number(a.slice(a.lastIndexOf(':') + 1)) }) + '\n')
+} else {
+  await main()
+}
+
+function startChild(cmd: string, args: string[], ready: (line: string) => number | null): Promise<{ child: ChildProcess; port: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let buf = ''
+    const onData = (d: Buffer) => {
+      buf += d.toString()
+      for (const line of buf.split('\n')) {
+        const p = ready(line)
+        if (p) {
+          child.stdout!.off('data', onData)
+          child.stdout!.resume()
+          resolve({ child, port: p })
+          return
+        }
+      }
+    }
+    child.stdout!.on('data', onData)
+    child.stderr!.on('data', (d) => process.stderr.write(`[${args.find((a) => !a.startsWith('-')) ?? cmd}] ${d}`))
+    child.on('exit', (c) => reject(new Error(`${cmd} ${args.join(' ')} exited (${c}) before it was ready`)))
+  })
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+}
+
+interface Result {
+  p50: number
+  p99: number
+  rps: number
+  errors: number
+}
+
+async function load(port: number, headers: Record<string, string>, conc: number, n: number, stream = false): Promise<Result & { ttfb50?: number; ttfb99?: number }> {
+  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: conc, keepAliveTimeout: 60_000 })
+  const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Say hello in one short sentence.' }], ...(stream ? { stream: true } : {}) })
+  const lat: number[] = []
+  const ttfb: number[] = []
+  let errors = 0
+  let next = 0
+  const t0 = performance.now()
+  await Promise.all(
+    Array.from({ length: conc }, async () => {
+      while (next < n) {
+        next++
+        const s = performance.now()
+        try {
+          const r = await pool.request({ method: 'POST', path: '/v1/chat/completions', headers: { 'content-type': 'application/json', ...headers }, body })
+          if (stream) {
+            let first = true
+            for await (const _c of r.body) {
+              if (first) {
+                ttfb.push(performance.now() - s)
+                first = false
+              }
+            }
+          } else await r.body.dump()
+          if (r.statusCode !== 200) errors++
+        } catch {
+          errors++
+        }
+        lat.push(performance.now() - s)
+      }
+    }),
+  )
+  const el = (performance.now() - t0) / 1000
+  await pool.close()
+  lat.sort((a, b) => a - b)
+  ttfb.sort((a, b) => a - b)
+  return { p50: pct(lat, 50), p99: pct(lat, 99), rps: n / el, errors, ...(stream ? { ttfb50: pct(ttfb, 50), ttfb99: pct(ttfb, 99) } : {}) }
+}
+
+async function main(): Promise<void> {
+  const N1 = Number(process.env.BENCH_N1 ?? 2000)
+  const N200 = Number(process.env.BENCH_N200 ?? 30000)
+  const dir = mkdtempSync(join(tmpdir(), 'cordon-bench-router-'))
+  const self = fileURLToPath(import.meta.url)
+  const tsxArgs = ['--import', 'tsx', self]
+  const hasTaskset = spawnSync('taskset', ['-c', '0', 'true']).status === 0
+  const ncpu = cpus().length
+  const children: ChildProcess[] = []
+  const portOf = (l: string) => {
+    try {
+      return (JSON.parse(l) as { port: number }).port
+    } catch {
+      return null
+    }
+  }
+  try {
+    const fake = await startChild(process.execPath, [...tsxArgs, 'fake'], portOf)
+    children.push(fake.child)
+    const pin = (args: string[]) => (hasTaskset && ncpu > 1 ? ['taskset', ['-c', String(ncpu - 1), ...args]] : [args[0]!, args.slice(1)]) as [string, string[]]
+    const router = await startChild(...pin([process.execPath, ...tsxArgs, 'router', String(fake.port), dir]), portOf)
+    children.push(router.child)
+    const require = createRequire(import.meta.url)
+    const pkMain = join(dirname(require.resolve('@portkey-ai/gateway/package.json')), 'build/start-server.js')
+    const pkPort = 20000 + Math.floor(Math.random() * 20000)
+    let portkey: { child: ChildProcess; port: number } | null = null
+    try {
+      // portkey's Node server takes --port only (it binds every interface; we call it on 127.0.0.1)
+      portkey = await startChild(...pin([process.execPath, pkMain, `--port=${pkPort}`, '--headless']), (l) => (l.includes('Ready for connections') ? pkPort : null))
+      children.push(portkey.child)
+    } catch (e) {
+      process.stderr.write(`portkey did not start: ${(e as Error).message}\n`)
+    }
+
+    const direct = { port: fake.port, headers: { authorization: `Bearer ${KEY}` } }
+    const viaRouter = { port: router.port, headers: { authorization: 'Bearer dummy' } }
+    const viaPortkey = portkey ? { port: portkey.port, headers: { authorization: `Bearer ${KEY}`, 'x-portkey-provider': 'openai', 'x-portkey-custom-host': `http://127.0.0.1:${fake.port}/v1` } } : null
+
+    console.log(`cordon router benchmark — node ${process.version}, ${ncpu} CPUs, router ${hasTaskset && ncpu > 1 ? `pinned to CPU ${ncpu - 1}` : 'not pinned'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+    // warm-up (JIT, connection pools)
+    for (const s of [direct, viaRouter, viaPortkey]) if (s) await load(s.port, s.headers, 50, 3000)
+
+    const rows: Array<[string, string, Result]> = []
+    for (const [conc, n] of [
+      [1, N1],
+      [200, N200],
+    ] as const) {
+      for (const [name, s] of [
+        ['direct', direct],
+        ['router', viaRouter],
+        ['portkey', viaPortkey],
+      ] as const) {
+        if (!s) continue
+        const r = await load(s.port, s.headers, conc, n)
+        rows.push([name, `c=${conc}`, r])
+        console.log(`${name.padEnd(8)} c=${String(conc).padEnd(4)} n=${String(n).padEnd(6)} p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  ${r.rps.toFixed(0)} req/s  errors ${r.errors}`)
+      }
+    }
+    const get = (name: string, c: string) => rows.find((r) => r[0] === name && r[1] === c)?.[2]
+    console.log('\nadded latency (proxy - direct), same run:')
+    const goals: string[] = []
+    for (const c of ['c=1', 'c=200']) {
+      const d = get('direct', c)!
+      const r = get('router', c)!
+      const p = get('portkey', c)
+      const a50 = r.p50 - d.p50
+      const a99 = r.p99 - d.p99
+      let line = `  ${c.padEnd(6)} router  +${a50.toFixed(3)} ms p50  +${a99.toFixed(3)} ms p99`
+      if (p) {
+        const pa50 = p.p50 - d.p50
+        const pa99 = p.p99 - d.p99
+        line += `   | portkey +${pa50.toFixed(3)} ms p50  +${pa99.toFixed(3)} ms p99   | portkey/router added p50 ${(pa50 / Math.max(a50, 0.001)).toFixed(1)}x, p99 ${(pa99 / Math.max(a99, 0.001)).toFixed(1)}x`
+      }
+      console.log(line)
+      if (c === 'c=1') goals.push(`added p50 ${a50.toFixed(3)} ms (goal < 0.5): ${a50 < 0.5 ? 'MET' : 'NOT MET'}`, `added p99 ${a99.toFixed(3)} ms (goal < 2): ${a99 < 2 ? 'MET' : 'NOT MET'}`)
+    }
+    const r200 = get('router', 'c=200')!
+    const p200 = get('portkey', 'c=200')
+    const d200 = get('direct', 'c=200')!
+    console.log(`\nthroughput at c=200: direct ${d200.rps.toFixed(0)} req/s, router ${r200.rps.toFixed(0)} req/s (${(r200.rps / d200.rps).toFixed(2)}x direct)${p200 ? `, portkey ${p200.rps.toFixed(0)} req/s (router/portkey ${(r200.rps / p200.rps).toFixed(2)}x)` : ''}`)
+    goals.push(`router ${r200.rps.toFixed(0)} req/s on one core (goal >= 5000): ${r200.rps >= 5000 ? 'MET' : 'NOT MET'}${r200.rps < 5000 && d200.rps < 8000 ? ' (the fake provider itself only did ' + d200.rps.toFixed(0) + ' req/s on this box: the load generator and provider share the other CPU)' : ''}`)
+
+    const sd = await load(direct.port, direct.headers, 1, Math.min(500, N1), true)
+    const sr = await load(viaRouter.port, viaRouter.headers, 1, Math.min(500, N1), true)
+    console.log(`\nstreaming time to first byte, c=1: direct p50 ${sd.ttfb50!.toFixed(3)} ms p99 ${sd.ttfb99!.toFixed(3)} ms; router p50 ${sr.ttfb50!.toFixed(3)} ms p99 ${sr.ttfb99!.toFixed(3)} ms (added p50 ${(sr.ttfb50! - sd.ttfb50!).toFixed(3)} ms)`)
+    console.log(`\ngoals:\n  ${goals.join('\n  ')}`)
+    console.log(`load average at the end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+  } finally {
+    for (const c of children) c.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
