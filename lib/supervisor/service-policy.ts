@@ -42,7 +42,7 @@ export function servicePolicyPaths(cfg: CordonConfig, name: ServiceName, p: Serv
   const ro = new Set<string>([PKG_ROOT])
   const rw = new Set<string>([p.stateDir, p.socketDir])
   if (name === 'engine') {
-    ro.add(dirname(cfg.policy))
+    // the policy file only, never its directory: /etc/cordon also holds the router's key store
     rw.add(cfg.policy)
     rw.add('/run/cordon/netns')
   }

@@ -38,7 +38,7 @@ function snapshot(dir: string, run: string) {
 t.setTimeout(600_000)
 
 t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
-  const w = await startWorld()
+  const w = await startWorld({ confineServices: true, confineAgent: true })
   t.teardown(async () => {
     await cli(['down', '-f', w.file])
     await w.close()
@@ -108,6 +108,23 @@ t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
     t.not(res.supervisor, 'connected', `the supervisor socket is out of reach (${res.supervisor})`)
     t.not(res.direct, 'connected', `no direct route to the host (${res.direct})`)
     t.equal(res.gate, 'connected', 'the gate is reachable')
+  }
+
+  // 2c. each service's own confinement: its own state readable, the others' secrets not
+  {
+    const keyFile = join(w.dir, 'openai.key')
+    const tokenFile = join(w.dir, 'tg.token')
+    const probe = async (svc: string, files: string[]) => {
+      const script = files.map((f) => `cat ${f} >/dev/null 2>&1 && echo "${f}=read" || echo "${f}=denied"`).join('; ')
+      const r = await cli(['run', '--policy', join(w.runtime, 'policies', `${svc}.yaml`), '--workspace', join(w.state, svc), '--', '/bin/sh', '-c', script])
+      return Object.fromEntries(r.stdout.trim().split('\n').map((l) => l.split('=') as [string, string]))
+    }
+    const eng = await probe('engine', [keyFile, tokenFile, join(w.state, 'engine', 'audit.jsonl')])
+    t.same([eng[keyFile], eng[tokenFile], eng[join(w.state, 'engine', 'audit.jsonl')]], ['denied', 'denied', 'read'], 'engine: its audit yes, the provider key and channel token no')
+    const rtr = await probe('router', [keyFile, tokenFile, join(w.state, 'gateway', 'audit.jsonl')])
+    t.same([rtr[keyFile], rtr[tokenFile], rtr[join(w.state, 'gateway', 'audit.jsonl')]], ['read', 'denied', 'denied'], "router: its key yes, the gateway's token and audit no")
+    const gw = await probe('gateway', [keyFile, tokenFile, join(w.state, 'engine', 'audit.jsonl')])
+    t.same([gw[keyFile], gw[tokenFile], gw[join(w.state, 'engine', 'audit.jsonl')]], ['denied', 'read', 'denied'], "gateway: its token yes, the provider key and the engine's audit no")
   }
 
   // 3. kill -9 of each component mid conversation
