@@ -9,7 +9,7 @@ if [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     python3 make g++ iproute2 tmux curl procps psmisc binutils file \
-    g++-aarch64-linux-gnu qemu-user-static >/dev/null
+    cmake g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static >/dev/null
   if [ -f deploy/scripts/host-setup.sh ]; then bash deploy/scripts/host-setup.sh; fi
 else
   echo "setup: not root; skipping Debian packages (the kernel tests that need root will say so)" >&2
