@@ -197,7 +197,7 @@ t.test('hot reload: next connection sees the new policy; a bad file keeps the ol
 t.test('audit: a decision and an end record with bytes for each request', async (t) => {
   const r = await viaProxy(G, `http://api.example.com:${P}/big?n=100000`)
   t.equal(r.status, 200)
-  const id = /"id":"(d[0-9a-f]+)"/.exec(fs.readFileSync(audit, 'utf8').split('\n').filter((l) => l.includes('/big')).at(-1)!)![1]
+  const id = /"id":"(d[0-9a-z]+)"/.exec(fs.readFileSync(audit, 'utf8').split('\n').filter((l) => l.includes('/big')).at(-1)!)![1]
   await waitFor(() => readAudit(audit).some((x) => x.type === 'end' && x.decision_id === id), 5_000, 'end record')
   const dec = readAudit(audit).find((x) => x.id === id)!
   t.match(dec, { decision: 'allow', host: 'api.example.com', port: P, address: '127.0.0.2', method: 'GET', path: '/big' })
