@@ -9,8 +9,9 @@
  *  - tsync (Landlock ABI >= 8, nothing per-thread left to do): in process, with
  *    LANDLOCK_RESTRICT_SELF_TSYNC and SECCOMP_FILTER_FLAG_TSYNC, which apply to every thread.
  *    Only when the plan needs no namespace, no private /tmp, no capability drop while the process
- *    holds capabilities, and no environment scrub (the launcher's environment block would stay in
- *    this process's memory, readable by the agent).
+ *    holds capabilities, no environment scrub (the launcher's environment block would stay in
+ *    this process's memory, readable by the agent), and the process holds no io_uring instance
+ *    (see ioUringFds(): the libuv of Node 24 and 26 sets rings up at start, even with UV_USE_IO_URING=0).
  *  - re-exec (everything else, including every kernel below ABI 8): validate the plan, then
  *    execve() the cordon-exec helper from the main thread — execve ends every other thread — with
  *    the plan as options followed by this same node binary, execArgv and argv. The helper applies
@@ -100,8 +101,14 @@ export function chooseLockMode(
   features: KernelFeatures,
   currentEnv: NodeJS.ProcessEnv,
   holdsCapabilities: boolean,
+  ioUringInstances = 0,
 ): LockMode {
   const reasons: string[] = []
+  if (ioUringInstances > 0)
+    reasons.push(
+      `this process holds ${ioUringInstances} io_uring instance(s) (libuv's); a filter denying io_uring_enter would abort ` +
+        'Node, and a ring created before the restriction may run requests with the old credentials',
+    )
   if (plan.landlock && features.landlockAbi < 8)
     reasons.push(`Landlock ABI ${features.landlockAbi} < 8 cannot restrict all threads at once`)
   if (plan.seccomp && !features.seccompTsync) reasons.push('seccomp TSYNC is unavailable')
@@ -118,6 +125,33 @@ export function chooseLockMode(
 function statusField(status: string, field: string): string | null {
   const m = new RegExp(`^${field}:\\s*(\\S+)`, 'm').exec(status)
   return m ? m[1]! : null
+}
+
+/**
+ * Number of io_uring instances this process holds (fds reading anon_inode:[io_uring]). Newer libuv
+ * (1.52 in Node 24/26; not 1.46 in Node 20) creates rings at start-up, e.g. for epoll batching. Installing a seccomp
+ * filter that denies io_uring_enter into such a process makes libuv's next getevents fail with
+ * EPERM, and libuv aborts; and a ring set up before the restriction (SQPOLL, registered
+ * personalities) keeps the credentials of its creator, i.e. works outside the Landlock domain.
+ * So such a process is confined by the re-exec path: after execve no ring survives, and in the
+ * confined image io_uring_setup fails with EPERM, on which libuv falls back to its threadpool.
+ */
+export function ioUringFds(fdDir = '/proc/self/fd'): number {
+  let n = 0
+  let fds: string[]
+  try {
+    fds = readdirSync(fdDir)
+  } catch (err) {
+    throw new LockError(`lock(): cannot list ${fdDir} to look for io_uring instances: ${(err as Error).message}`)
+  }
+  for (const fd of fds) {
+    try {
+      if (readlinkSync(`${fdDir}/${fd}`) === 'anon_inode:[io_uring]') n++
+    } catch {
+      /* closed meanwhile (the fd readdir itself used) */
+    }
+  }
+  return n
 }
 
 function holdsCapabilities(): boolean {
@@ -353,7 +387,7 @@ export async function lockWith(getPlan: (env: NodeJS.ProcessEnv) => Plan, deps: 
   const plan = getPlan(process.env)
   if (plan.abi !== features.landlockAbi)
     throw new LockError(`lock(): the plan was compiled for Landlock ABI ${plan.abi}, this kernel has ${features.landlockAbi}`)
-  const choice = chooseLockMode(plan, features, process.env, holdsCapabilities())
+  const choice = chooseLockMode(plan, features, process.env, holdsCapabilities(), ioUringFds())
   if (choice.mode === 'tsync') {
     applyInProcess(plan, a)
     const threads = deps.addon ? 0 : verifyThreads(plan.seccomp !== null)

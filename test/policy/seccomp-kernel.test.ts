@@ -31,6 +31,11 @@ t.test('agent profile on this kernel', { skip: seccomp ? false : why }, async (t
   t.equal(o.child, 'hi', 'child processes and pipes still work (socketpair, clone without namespace flags)')
   t.match(o.unshare, /^1 .*Operation not permitted/, 'unshare -U fails with EPERM')
   t.equal(o.mkdir, 'ok', 'ordinary filesystem work goes on')
+  if (o.reexec !== '0') {
+    // Node with libuv io_uring rings (24+): the filter was installed, then the child re-executed
+    t.equal(o.seccompStatus, '2', `filter kept across execve (${o.reexec} io_uring rings before)`)
+    t.equal(o.ringsAfter, '0', 'no io_uring instance under the filter (io_uring_setup denied; libuv fell back)')
+  }
 })
 
 t.test('a program with long jumps is accepted and right', { skip: seccomp ? false : why }, async (t) => {

@@ -4,7 +4,8 @@
  */
 import t from 'tap'
 import { helperArgv } from '../../lib/sandbox/argv.js'
-import { chooseLockMode, applyInProcess, planGrants, SECCOMP_FILTER_FLAG_TSYNC, RLIMIT } from '../../lib/sandbox/lock.js'
+import { chooseLockMode, applyInProcess, planGrants, ioUringFds, SECCOMP_FILTER_FLAG_TSYNC, RLIMIT } from '../../lib/sandbox/lock.js'
+import { symlinkSync } from 'node:fs'
 import { exitStatus } from '../../lib/sandbox/spawn.js'
 import type { CordonAddon } from '../../lib/kernel/addon.js'
 import type { KernelFeatures, Plan } from '../../lib/policy/plan.js'
@@ -53,6 +54,23 @@ t.test('lock mode: in-process TSYNC only when nothing per-thread or in-memory re
   t.equal(chooseLockMode(base(), feat(8), { ...env, OPENAI_API_KEY: 'sk' }, false).mode, 'reexec', 'env scrub')
   t.equal(chooseLockMode(base(), { ...feat(8), seccompTsync: false }, { ...env }, false).mode, 'tsync', 'no seccomp in plan')
   t.equal(chooseLockMode({ ...base(), seccomp: { arch: 'x86_64', filter: new Uint8Array(8), source: 'x' } }, { ...feat(8), seccompTsync: false }, { ...env }, false).mode, 'reexec')
+})
+
+t.test('lock mode: a process holding io_uring rings (libuv in Node >= 24) is re-executed, never filtered in place', async (t) => {
+  const env = { PATH: '/usr/bin', HOME: '/w' }
+  const plan: Plan = { ...handPlan({ abi: 8, workspace: '/w', network: { mode: 'host' }, env }), dropCapabilities: false }
+  const m = chooseLockMode(plan, feat(8), { ...env }, false, 3)
+  t.equal(m.mode, 'reexec')
+  t.match(m.reasons.join('\n'), /3 io_uring instance/)
+  t.equal(chooseLockMode(plan, feat(8), { ...env }, false, 0).mode, 'tsync')
+  // detection reads the fd links: only anon_inode:[io_uring] counts
+  const dir = t.testdir({})
+  symlinkSync('anon_inode:[io_uring]', `${dir}/4`)
+  symlinkSync('anon_inode:[io_uring]', `${dir}/12`)
+  symlinkSync('anon_inode:[eventpoll]', `${dir}/5`)
+  symlinkSync('/dev/null', `${dir}/0`)
+  t.equal(ioUringFds(dir), 2)
+  t.equal(typeof ioUringFds(), 'number', 'reads /proc/self/fd of this process')
 })
 
 t.test('in-process path (ABI >= 8) restricts with TSYNC and installs seccomp with TSYNC', async (t) => {
