@@ -103,6 +103,7 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     identify: o.identify as 'all' | 'flagged' | 'none',
     watch: o.watch !== false,
     headersTimeoutMs: Number(o.headersTimeout) * 1000,
+    socks: o.socks ? parseHostPort(String(o.socks), '--socks') : null,
   })
   let gate: HostPort
   try {
@@ -121,11 +122,12 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     gate,
     control: o.control === 'none' ? null : (o.control ?? process.env.CORDON_ENGINE_SOCKET ?? DEFAULT_ENGINE_SOCKET),
     control_tcp: control.tcpAddress ?? null,
+    socks: engine.socksAddress(),
     policy: engine.policy.file,
     hash: engine.policy.hash,
   }
   process.stdout.write(JSON.stringify(ready) + '\n')
-  process.stderr.write(`cordon engine: gate on ${gate.host}:${gate.port}, control ${ready.control ?? 'off'}, policy ${engine.policy.file} (${engine.policy.network.mode}, unlisted: ${engine.policy.network.unlisted})\n`)
+  process.stderr.write(`cordon engine: gate on ${gate.host}:${gate.port}${engine.socksAddress() ? `, socks5 on ${engine.socksAddress()!.host}:${engine.socksAddress()!.port}` : ''}, control ${ready.control ?? 'off'}, policy ${engine.policy.file} (${engine.policy.network.mode}, unlisted: ${engine.policy.network.unlisted})\n`)
   let stopping = false
   const stop = async () => {
     if (stopping) return
@@ -199,6 +201,7 @@ export function register(program: Command): void {
     .option('--control <socket>', `control API unix socket ("none" to disable); default $CORDON_ENGINE_SOCKET or ${DEFAULT_ENGINE_SOCKET}`)
     .option('--control-tcp <host:port>', 'also serve the control API over TCP (bearer token required)')
     .option('--control-token-file <file>', 'bearer token for --control-tcp (or CORDON_ENGINE_TOKEN)')
+    .option('--socks <host:port>', 'also serve SOCKS5 (CONNECT, no auth) for TCP that is not HTTP; same rules')
     .option('--router <host:port>', 'privacy router address; inference.local leads there')
     .option('--gateway <host:port>', 'gateway address; gateway.local leads there')
     .option('--service <name=host:port>', 'another always-reachable name (repeatable)', collect, [])

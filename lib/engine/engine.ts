@@ -65,6 +65,8 @@ export interface EngineOptions {
   tunnelIdleMs?: number
   /** extra addresses to treat as the host's own (tests) */
   extraOwnAddresses?: string[]
+  /** also serve SOCKS5 (CONNECT, no authentication) here, for TCP that is not HTTP */
+  socks?: HostPort | null
 }
 
 export interface PendingInfo {
@@ -181,6 +183,7 @@ export class Engine {
   readonly pending = new Map<string, Pending>()
   private readonly services = new Map<string, HostPort>()
   private server: http.Server | null = null
+  private socksServer: net.Server | null = null
   private readonly agent: http.Agent
   private watcher: fs.FSWatcher | null = null
   private pollTimer: NodeJS.Timeout | null = null
@@ -249,9 +252,131 @@ export class Engine {
         resolve()
       })
     })
+    if (this.opts.socks) await this.startSocks(this.opts.socks)
     if (this.opts.watch !== false) this.startWatch()
     const a = server.address() as net.AddressInfo
     return { host: a.address, port: a.port }
+  }
+
+  socksAddress(): HostPort | null {
+    const a = this.socksServer?.address() as net.AddressInfo | null | undefined
+    return a ? { host: a.address, port: a.port } : null
+  }
+
+  // ---------------------------------------------------------------- SOCKS5 (RFC 1928), CONNECT only
+
+  private async startSocks(listen: HostPort): Promise<void> {
+    const srv = net.createServer({ noDelay: true }, (s) => this.onSocks(s))
+    srv.maxConnections = 10_000
+    this.socksServer = srv
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject)
+      srv.listen(listen.port, listen.host, () => {
+        srv.off('error', reject)
+        resolve()
+      })
+    })
+  }
+
+  private onSocks(s: net.Socket): void {
+    this.onConnection(s)
+    const conn = this.conns.get(s)!
+    s.on('error', () => undefined)
+    let buf = Buffer.alloc(0)
+    let stage: 'greet' | 'request' | 'busy' = 'greet'
+    const hs = setTimeout(() => s.destroy(), this.opts.headersTimeoutMs ?? 15_000)
+    const reply = (rep: number) => Buffer.from([5, rep, 0, 1, 0, 0, 0, 0, 0, 0])
+    const onData = (c: Buffer) => {
+      buf = Buffer.concat([buf, c])
+      if (buf.length > 600) return void s.destroy()
+      if (stage === 'greet') {
+        if (buf.length < 2) return
+        if (buf[0] !== 5) {
+          clearTimeout(hs)
+          return void s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 57\r\n\r\ncordon egress gate: this port speaks SOCKS5 (socks5h://)\n')
+        }
+        const n = buf[1]!
+        if (buf.length < 2 + n) return
+        const methods = buf.subarray(2, 2 + n)
+        buf = buf.subarray(2 + n)
+        if (!methods.includes(0)) return void s.end(Buffer.from([5, 0xff]))
+        s.write(Buffer.from([5, 0]))
+        stage = 'request'
+      }
+      if (stage === 'request') {
+        if (buf.length < 5) return
+        const atyp = buf[3]!
+        let host: string
+        let off: number
+        if (atyp === 1) {
+          if (buf.length < 10) return
+          host = `${buf[4]}.${buf[5]}.${buf[6]}.${buf[7]}`
+          off = 8
+        } else if (atyp === 3) {
+          const len = buf[4]!
+          if (buf.length < 5 + len + 2) return
+          host = buf.subarray(5, 5 + len).toString('latin1')
+          off = 5 + len
+        } else if (atyp === 4) {
+          if (buf.length < 22) return
+          const a = new Uint8Array(16)
+          a.set(buf.subarray(4, 20))
+          host = formatIP(a)
+          off = 20
+        } else {
+          return void s.end(reply(8))
+        }
+        const port = buf.readUInt16BE(off)
+        const rest = buf.subarray(off + 2)
+        stage = 'busy'
+        clearTimeout(hs)
+        s.off('data', onData)
+        s.pause()
+        if (buf[1] !== 1) return void s.end(reply(7)) // only CONNECT
+        if (port === 0) return void s.end(reply(1))
+        void this.socksConnect(s, conn, { host: normalizeHost(host), port, tunnel: true }, rest, reply)
+      }
+    }
+    s.on('data', onData)
+    s.once('close', () => clearTimeout(hs))
+  }
+
+  private async socksConnect(s: net.Socket, conn: ConnState, t: Target, rest: Buffer, reply: (rep: number) => Buffer): Promise<void> {
+    const started = performance.now()
+    const o = await this.decide(t, conn, 'socks')
+    if (o.action === 'deny') return void s.end(reply(o.status === 502 ? 4 : 2))
+    if (s.destroyed) return this.endRecord(o, started, 0, 0, 'client went away')
+    const up = net.connect({ host: o.address!, port: o.port, noDelay: true })
+    let done = false
+    const finish = (err?: string) => {
+      if (done) return
+      done = true
+      this.endRecord(o, started, up.bytesRead, up.bytesWritten, err)
+    }
+    let connected = false
+    up.once('connect', () => {
+      connected = true
+      s.write(reply(0))
+      if (rest.length) up.write(rest)
+      s.pipe(up)
+      up.pipe(s)
+      s.resume()
+    })
+    up.setTimeout(this.opts.tunnelIdleMs ?? 3_600_000, () => {
+      finish('idle timeout')
+      up.destroy()
+      s.destroy()
+    })
+    up.on('error', (e: NodeJS.ErrnoException) => {
+      if (!connected) s.end(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
+      else s.destroy()
+      finish(`upstream error ${e.code ?? e.message}`)
+    })
+    up.on('close', () => {
+      finish()
+      s.destroy()
+    })
+    s.on('close', () => up.destroy())
   }
 
   address(): HostPort {
@@ -266,6 +391,7 @@ export class Engine {
     for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer)
     for (const s of this.sockets) s.destroy()
     this.agent.destroy()
+    if (this.socksServer) await new Promise<void>((r) => this.socksServer!.close(() => r()))
     if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
     this.audit.append({ time: now(), type: 'stop', pid: process.pid })
     this.audit.close()

@@ -39,6 +39,8 @@ export interface PrepareNetnsOptions {
   /** the gate's port (it must listen on GATE_ADDRESS, or on 0.0.0.0 with the firewall on) */
   gatePort: number
   gateAddress?: string
+  /** the engine's SOCKS5 port (--socks on the gate address), if it serves one: ALL_PROXY uses it */
+  socksPort?: number
   registryDir?: string
   /** install the iptables rules (default true; set false only where another firewall does it) */
   firewall?: boolean
@@ -72,17 +74,19 @@ function iptables(args: string[]): void {
   execFileSync('iptables', ['-w', '5', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
-export function proxyEnvFor(gate: { host: string; port: number }): Record<string, string> {
+export function proxyEnvFor(gate: { host: string; port: number }, socksPort?: number): Record<string, string> {
   const url = `http://${gate.host}:${gate.port}`
+  // socks5h: the gate resolves names (the sandbox has no DNS of its own)
+  const all = socksPort ? `socks5h://${gate.host}:${socksPort}` : url
   const noProxy = 'localhost,127.0.0.1,::1'
   return {
     HTTP_PROXY: url,
     HTTPS_PROXY: url,
-    ALL_PROXY: url,
+    ALL_PROXY: all,
     NO_PROXY: noProxy,
     http_proxy: url,
     https_proxy: url,
-    all_proxy: url,
+    all_proxy: all,
     no_proxy: noProxy,
   }
 }
@@ -167,9 +171,10 @@ export function prepareNetns(opts: PrepareNetnsOptions): PreparedNetns {
     ip('-n', name, 'route', 'add', `${gateAddress}/32`, 'via', hostAddress, 'dev', sv)
     if (opts.firewall !== false) {
       const tag = ['-m', 'comment', '--comment', name]
+      const ports = [opts.gatePort, ...(opts.socksPort ? [opts.socksPort] : [])]
       const rules: string[][] = [
         ['INPUT', '-i', hv, ...tag, '-j', 'REJECT'],
-        ['INPUT', '-i', hv, '-p', 'tcp', '-d', gateAddress, '--dport', String(opts.gatePort), ...tag, '-j', 'ACCEPT'],
+        ...ports.map((p) => ['INPUT', '-i', hv, '-p', 'tcp', '-d', gateAddress, '--dport', String(p), ...tag, '-j', 'ACCEPT']),
         ['FORWARD', '-i', hv, ...tag, '-j', 'REJECT'],
       ]
       try {
@@ -194,7 +199,7 @@ export function prepareNetns(opts: PrepareNetnsOptions): PreparedNetns {
     sandboxAddress,
     hostAddress,
     gate,
-    proxyEnv: proxyEnvFor(gate),
+    proxyEnv: proxyEnvFor(gate, opts.socksPort),
     firewall,
     firewallNote,
     cleanup,

@@ -54,6 +54,7 @@ const engine = new Engine({
     'rebind-mixed.example.com': ['127.0.0.2', '127.0.0.1'],
   },
   headersTimeoutMs: 1_000,
+  socks: { host: '127.0.0.1', port: 0 },
 })
 const gate = await engine.start()
 const sock = path.join(dir, 'ctl', 'engine.sock')
@@ -216,4 +217,44 @@ t.test('control API: health, metrics, unix socket mode 0600', async (t) => {
   t.equal(fs.statSync(sock).mode & 0o777, 0o600)
   const m = await requestJson<string>({ socket: sock }, 'GET', '/metrics')
   t.match(m.body, /cordon_engine_decisions_total\{decision="allow"/)
+})
+
+t.test('SOCKS5 (socks5h): same rules, reply codes for denials', async (t) => {
+  const S = engine.socksAddress()!.port
+  const socks = (host: string, port: number, inner?: string) =>
+    new Promise<{ rep: number; body: string }>((resolve, reject) => {
+      const c = net.connect(S, '127.0.0.1')
+      let stage = 0
+      let buf = Buffer.alloc(0)
+      let rep = -1
+      c.on('connect', () => c.write(Buffer.from([5, 1, 0])))
+      c.on('data', (d) => {
+        buf = Buffer.concat([buf, d])
+        if (stage === 0 && buf.length >= 2) {
+          stage = 1
+          buf = buf.subarray(2)
+          const name = Buffer.from(host)
+          const req = Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([port >> 8, port & 255])])
+          c.write(req)
+        }
+        if (stage === 1 && buf.length >= 10) {
+          stage = 2
+          rep = buf[1]!
+          buf = buf.subarray(10)
+          if (rep === 0 && inner) c.write(inner)
+        }
+      })
+      c.on('close', () => resolve({ rep, body: buf.toString() }))
+      c.on('error', reject)
+    })
+  const ok = await socks('api.example.com', P, `GET /socks HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`)
+  t.equal(ok.rep, 0)
+  t.match(ok.body, /hello GET \/socks/)
+  t.equal((await socks('unlisted.example.com', 443)).rep, 2, 'not allowed by ruleset')
+  t.equal((await socks('rebind-md.example.com', P)).rep, 2, 'rebinding refused over SOCKS too')
+  const inf = await socks('inference.local', 80, 'GET /v1/models HTTP/1.1\r\nHost: inference.local\r\nConnection: close\r\n\r\n')
+  t.equal(inf.rep, 0)
+  t.match(inf.body, /hello GET \/v1\/models/)
+  const dec = readAudit(audit).filter((x) => x.via === 'socks')
+  t.ok(dec.some((x) => x.decision === 'deny' && x.host === 'unlisted.example.com'), 'SOCKS decisions are audited')
 })
