@@ -77,3 +77,54 @@ t.test('a channel with a bad token is reported unhealthy, others keep working, t
   const everything = JSON.stringify(logs.lines) + JSON.stringify(gw.status()) + readFileSync(audit, 'utf8')
   t.notOk(everything.includes(WRONG) || everything.includes(TOKEN), 'no token in logs, status or audit')
 })
+
+t.test('the client reaches http://gateway.local through HTTP_PROXY (as the egress gate provides it)', async (t) => {
+  const { createServer, request } = await import('node:http')
+  const { gw } = await startGateway(t, { channels: [] })
+  const target = new URL(gw.agentUrl)
+  const seen: string[] = []
+  // a stand-in for the egress gate: absolute-URI forward proxy that maps gateway.local to the gateway
+  const proxy = createServer((req, res) => {
+    const u = new URL(req.url!)
+    seen.push(`${req.method} ${u.host}${u.pathname}`)
+    if (u.hostname !== 'gateway.local') return void res.writeHead(403).end()
+    const up = request({ host: target.hostname, port: target.port, method: req.method, path: u.pathname + u.search, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode!, r.headers)
+      r.pipe(res)
+    })
+    req.pipe(up)
+  })
+  // undici tunnels even plain HTTP with CONNECT; the gate serves that too (DESIGN.md)
+  const { connect } = await import('node:net')
+  const tunnels: import('node:net').Socket[] = []
+  proxy.on('connect', (req, sock, head) => {
+    seen.push(`CONNECT ${req.url}`)
+    if (req.url !== 'gateway.local:80') return void sock.end('HTTP/1.1 403 Forbidden\r\n\r\n')
+    const up = connect(Number(target.port), target.hostname, () => {
+      sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+      up.write(head)
+      up.pipe(sock)
+      sock.pipe(up)
+    })
+    tunnels.push(sock, up)
+    up.on('error', () => sock.destroy())
+    sock.on('error', () => up.destroy())
+  })
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => (tunnels.forEach((x) => x.destroy()), proxy.close(() => r()), proxy.closeAllConnections())))
+  const saved = { ...process.env }
+  t.teardown(() => {
+    for (const k of ['HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy', 'CORDON_GATEWAY_URL']) {
+      if (saved[k] === undefined) delete process.env[k]
+      else process.env[k] = saved[k]
+    }
+  })
+  for (const k of ['http_proxy', 'NO_PROXY', 'no_proxy']) delete process.env[k]
+  process.env.HTTP_PROXY = `http://127.0.0.1:${(proxy.address() as import('node:net').AddressInfo).port}`
+  delete process.env.CORDON_GATEWAY_URL
+  const c = new GatewayClient() // defaults: http://gateway.local, proxy from the environment
+  t.equal(c.base, 'http://gateway.local')
+  t.same(await c.messages(0), [])
+  t.same(await c.messages(0), [])
+  t.ok(seen.length >= 1 && seen.every((x) => x === 'CONNECT gateway.local:80' || x === 'GET gateway.local/v1/messages'), `the requests went through the proxy, addressed to gateway.local: ${seen.join(', ')}`)
+})
