@@ -56,10 +56,13 @@ async function measure(tg: FakeTelegram, label: string) {
   await waitCount(tg, base + 20)
   // throughput: a burst
   const b0 = tg.sent.length
+  const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   for (let i = 0; i < BURST; i++) tg.message({ from: 1001 + (i % SENDERS), text: `burst ${i}` })
   await waitCount(tg, b0 + BURST)
   const secs = (performance.now() - t0) / 1000
+  const cpu = process.cpuUsage(cpu0)
+  const cpuMs = (cpu.user + cpu.system) / 1000 / BURST
   // latency: one message at a time
   const lat: number[] = []
   for (let i = 0; i < SEQ; i++) {
@@ -71,8 +74,8 @@ async function measure(tg: FakeTelegram, label: string) {
   }
   lat.sort((a, b) => a - b)
   const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]!
-  const r = { label, rate: BURST / secs, p50: q(0.5), p99: q(0.99) }
-  console.log(`${label.padEnd(9)} ${r.rate.toFixed(0).padStart(6)} msg/s (burst of ${BURST} from ${SENDERS} chats)   latency p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  (${SEQ} sequential)`)
+  const r = { label, rate: BURST / secs, p50: q(0.5), p99: q(0.99), cpuMs }
+  console.log(`${label.padEnd(9)} ${r.rate.toFixed(0).padStart(6)} msg/s (burst of ${BURST} from ${SENDERS} chats, ${cpuMs.toFixed(2)} ms CPU/msg for everything in this process)   latency p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  (${SEQ} sequential)`)
   return r
 }
 
@@ -127,7 +130,7 @@ async function main() {
   rmSync(dir, { recursive: true, force: true })
 
   console.log('')
-  console.log(`throughput ratio gateway/direct: ${(through.rate / direct.rate).toFixed(2)}x`)
+  console.log(`throughput ratio gateway/direct: ${(through.rate / direct.rate).toFixed(2)}x; CPU per message ratio: ${(through.cpuMs / direct.cpuMs).toFixed(2)}x`)
   console.log(`latency added by the gateway: p50 +${(through.p50 - direct.p50).toFixed(2)} ms (${(through.p50 / direct.p50).toFixed(2)}x), p99 +${(through.p99 - direct.p99).toFixed(2)} ms (${(through.p99 / direct.p99).toFixed(2)}x)`)
   console.log(`(the gateway path fsyncs each message, reply and ack to its queues; the direct path stores nothing;`)
   console.log(` fdatasync on this disk right now: p50 ${fs.p50.toFixed(2)} ms, p90 ${fs.p90.toFixed(2)} ms)`)
