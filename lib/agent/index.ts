@@ -59,7 +59,11 @@ export interface ClientOptions {
 export interface InboxOptions extends ClientOptions {
   /** Long-poll seconds per request (default 30). */
   wait?: number
-  /** Messages per request (default 10). */
+  /**
+   * Messages per request (default 1). Each message handed out is leased for the gateway's
+   * visibility timeout (60 s by default); take more only if you handle them faster than that,
+   * or the ones still waiting in your batch are handed out again.
+   */
   max?: number
   signal?: AbortSignal
 }
@@ -173,7 +177,7 @@ function wrap(c: GatewayClient, d: MessageData): Message {
 export async function* inbox(opts: InboxOptions = {}): AsyncGenerator<Message, void, undefined> {
   const c = new GatewayClient(opts)
   const wait = opts.wait ?? 30
-  const max = opts.max ?? 10
+  const max = opts.max ?? 1
   let failures = 0
   while (!opts.signal?.aborted) {
     let batch: MessageData[]
