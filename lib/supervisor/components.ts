@@ -20,10 +20,23 @@ import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
 import { controlSocket } from './runtime.js'
 import { sandboxId } from './sandbox-net.js'
 import { writeServicePolicy } from './service-policy.js'
+import { loadPolicy, compilePlan } from '../policy/index.js'
+import { planHash } from '../policy/compile.js'
+import { probe } from '../kernel/probe.js'
+import { helperPath } from '../kernel/addon.js'
+import { helperArgv } from '../sandbox/argv.js'
+import { proxyEnvFor } from '../sandbox/netns.js'
 
 export interface ComponentSpec {
   name: ComponentName
+  /** the command line as shown to people and hashed for adoption */
   argv: string[]
+  /**
+   * Confined components: compile the policy afresh at every (re)start and return the command
+   * that really runs: the cordon-exec helper applying the plan, then exec of the component.
+   * No intermediate `cordon run` process, so a restart costs one process start, not two.
+   */
+  prepare?: () => { argv: string[]; env: Record<string, string>; lost: string[] }
   env: Record<string, string>
   cwd?: string
   /** control socket polled for GET /health (the agent has none: running == healthy) */
@@ -90,11 +103,17 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   const rt = cfg.runtimeDir
   const specs: ComponentSpec[] = []
   const keys = cfg.router.keys ?? (process.getuid?.() === 0 ? '/etc/cordon/keys.json' : undefined)
+  const prepares = new Map<string, ComponentSpec['prepare']>()
   const confine = (name: 'engine' | 'router' | 'gateway', argv: string[], config?: string): string[] => {
     const s = cfg[name]
     if (!s.confine) return argv
     const d = componentDirs(cfg, name)
     const policy = writeServicePolicy(cfg, name, { stateDir: d.dir, socketDir: dirname(controlSocket(rt, name)), config, keys: name === 'router' ? keys : undefined })
+    const env = { ...baseEnv(), ...s.env }
+    prepares.set(name, () => {
+      const plan = compilePlan(loadPolicy(policy, { workspace: d.dir, cwd: d.dir }), probe(), { env })
+      return { argv: [helperPath(), ...helperArgv(plan), '--', ...argv], env: plan.env, lost: plan.lost }
+    })
     return [...self, 'run', '--policy', policy, '--workspace', d.dir, '--', ...argv]
   }
 
@@ -147,10 +166,33 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   }
   {
     const a = cfg.agent
+    const netns = `cordon-${sandboxId(cfg.runtimeDir)}`
     const argv = !a.confine
       ? a.command
-      : [...(a.exec ?? [...self, '_sandbox']), '--policy', cfg.policy, '--workspace', a.workspace, '--netns', `cordon-${sandboxId(cfg.runtimeDir)}`, '--gate', cfg.engine.listen, '--', ...a.command]
-    specs.push({ name: 'agent', argv, env: { ...baseEnv(), HOME: join(a.workspace, '.home'), ...a.env }, cwd: a.workspace, startTimeoutMs: 10_000, healthIntervalMs: 1000, healthFailures: 1 })
+      : [...(a.exec ?? [...self, '_sandbox']), '--policy', cfg.policy, '--workspace', a.workspace, '--netns', netns, '--gate', cfg.engine.listen, '--', ...a.command]
+    const env: Record<string, string> = { ...baseEnv(), HOME: join(a.workspace, '.home'), ...a.env }
+    const spec: ComponentSpec = { name: 'agent', argv, env, cwd: a.workspace, startTimeoutMs: 10_000, healthIntervalMs: 1000, healthFailures: 1 }
+    if (a.confine && !a.exec) {
+      // what `cordon _sandbox` does, done here: join the namespace, proxy env to the gate,
+      // Landlock TCP connect only to the gate's port
+      const gatePort = Number(cfg.engine.listen.split(':').pop())
+      spec.prepare = () => {
+        const policy = loadPolicy(cfg.policy, { workspace: a.workspace, cwd: a.workspace })
+        const plan = compilePlan(policy, probe(), { env, gatePorts: [gatePort] })
+        if (policy.network.mode === 'proxy') {
+          plan.network = { mode: 'join', path: `/run/netns/${netns}` }
+          plan.env = { ...plan.env, ...proxyEnvFor({ host: cfg.engine.listen.replace(/:\d+$/, ''), port: gatePort }), CORDON_SANDBOX: netns }
+          for (const k of ['CORDON_GATEWAY_URL', 'CORDON_INFERENCE_URL', 'CORDON_AGENT_MODEL', 'CORDON_AGENT_SYSTEM']) if (env[k]) plan.env[k] = env[k]!
+          plan.hash = planHash(plan)
+        }
+        return { argv: [helperPath(), ...helperArgv(plan), '--', ...a.command], env: plan.env, lost: plan.lost }
+      }
+    }
+    specs.push(spec)
+  }
+  for (const s of specs) {
+    const p = prepares.get(s.name)
+    if (p) s.prepare = p
   }
   return specs
 }

@@ -124,7 +124,7 @@ function position(lc: LineCounter, node: YamlNode | undefined | null): string {
 /** Parse and validate; errors carry file:line:col. */
 export function parseConfig(text: string, file: string): RawConfig {
   const lc = new LineCounter()
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false })
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: true })
   if (doc.errors.length) {
     throw new ConfigError(
       `${file}: not valid YAML`,

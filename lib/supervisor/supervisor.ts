@@ -92,6 +92,7 @@ export class Supervisor extends EventEmitter {
   private readonly startedAt = Date.now()
   private readonly log: pino.Logger
   private sandboxId?: string
+  private lostReported = new Set<string>()
   private netns = new Set<string>()
   private links = new Set<string>()
   /** resolves with the exit code when the system stops (stop(), or agent on_exit: stop) */
@@ -242,10 +243,27 @@ export class Supervisor extends EventEmitter {
         /* the component recreates it */
       }
     }
+    let cmd: { argv: string[]; env: Record<string, string> } = s
+    if (s.prepare) {
+      try {
+        const p = s.prepare()
+        cmd = p
+        if (p.lost.length && !this.lostReported.has(s.name)) {
+          this.lostReported.add(s.name)
+          this.log.warn({ target: s.name, lost: p.lost }, `${s.name}: not enforced on this kernel: ${p.lost.join('; ')}`)
+        }
+      } catch (e) {
+        const msg = `${s.name}: cannot compile its confinement policy: ${(e as Error).message}`
+        this.log.error({ target: s.name }, msg)
+        if (initial) throw new Error(msg)
+        r.restartTimer = setTimeout(() => this.onExit(r, gen, 126, null), 0)
+        return
+      }
+    }
     const fd = openCapture(this.cfg.logDir, s.name)
     let child: ChildProcess
     try {
-      child = spawn(s.argv[0]!, s.argv.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: s.env, cwd: s.cwd })
+      child = spawn(cmd.argv[0]!, cmd.argv.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: cmd.env, cwd: s.cwd })
     } finally {
       closeSync(fd)
     }

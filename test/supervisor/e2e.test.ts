@@ -13,6 +13,7 @@ import { startWorld, PROVIDER_KEY, TG_TOKEN } from './world.js'
 import { unixJson } from '../../lib/supervisor/health.js'
 import { isAlive } from '../../lib/supervisor/proc.js'
 import { readState } from '../../lib/supervisor/runtime.js'
+import { descendants } from '../../lib/supervisor/supervisor.js'
 
 interface Status {
   running: boolean
@@ -93,8 +94,14 @@ t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
   {
     const st0 = await status()
     const agentPid = comp(st0, 'agent').pid!
-    const kids = execFileSync('pgrep', ['-P', String(agentPid)], { encoding: 'utf8' }).trim().split('\n')
-    const inner = Number(kids[0])
+    // the confined agent process itself (below cordon _sandbox and the exec helper)
+    const inner = [agentPid, ...descendants(agentPid)].find((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('agent.mjs')
+      } catch {
+        return false
+      }
+    })!
     t.equal(execFileSync('ip', ['netns', 'identify', String(inner)], { encoding: 'utf8' }).trim(), readState(w.runtime)!.netns[0], 'the agent runs in the sandbox namespace')
     t.match(readFileSync(`/proc/${inner}/status`, 'utf8'), /NoNewPrivs:\s+1[\s\S]*Seccomp:\s+2/, 'no_new_privs and a seccomp filter')
     const probe = `const net=require('net');
