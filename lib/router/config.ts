@@ -151,7 +151,7 @@ export const routerConfigSchema = {
       properties: {
         limits: limitsSchema,
         timeout_ms: { type: 'integer', minimum: 1 },
-        fallback_on: { type: 'array', items: { enum: ['429', '5xx', 'connect', 'timeout'] }, uniqueItems: true },
+        fallback_on: { type: 'array', items: { enum: ['429', 429, '5xx', 'connect', 'timeout'] }, uniqueItems: true },
       },
     },
     audit: {
@@ -203,7 +203,7 @@ export const routerConfigSchema = {
           name: { type: 'string', pattern: '^[A-Za-z0-9_.:/-]+$' },
           models: { type: 'array', items: { type: 'string', minLength: 1 }, uniqueItems: true },
           default: { type: 'boolean' },
-          fallback_on: { type: 'array', items: { enum: ['429', '5xx', 'connect', 'timeout'] }, uniqueItems: true },
+          fallback_on: { type: 'array', items: { enum: ['429', 429, '5xx', 'connect', 'timeout'] }, uniqueItems: true },
           targets: {
             type: 'array',
             minItems: 1,
@@ -398,7 +398,7 @@ export function compileConfig(text: string, file: string, opts: LoadOptions = {}
   const dir = dirname(resolve(file))
   const defaults = raw.defaults ?? {}
   const defTimeout = defaults.timeout_ms ?? 120_000
-  const defFallback = defaults.fallback_on ?? ['429', '5xx', 'connect', 'timeout']
+  const defFallback = (defaults.fallback_on ?? ['429', '5xx', 'connect', 'timeout']).map((x) => String(x) as FallbackCondition)
 
   const routes: Route[] = []
   const byModel = new Map<string, Route>()
@@ -467,7 +467,7 @@ export function compileConfig(text: string, file: string, opts: LoadOptions = {}
       models: r.models ?? [r.name],
       family: family ?? 'openai',
       targets,
-      fallbackOn: new Set(r.fallback_on ?? defFallback),
+      fallbackOn: new Set(r.fallback_on ? r.fallback_on.map((x) => String(x) as FallbackCondition) : defFallback),
       isDefault: !!r.default,
     }
     for (const [mi, m] of route.models.entries()) {

@@ -14,6 +14,7 @@ import { basename, dirname, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { once, EventEmitter } from 'node:events'
 import { Pool, errors as undiciErrors } from 'undici'
+import { createGunzip, createBrotliDecompress, createInflate } from 'node:zlib'
 import pino from 'pino'
 import { compileConfig, ConfigError, hashText, matchCidr, type ApiFamily, type CompiledConfig, type ListenerSpec, type Route, type Target } from './config.js'
 import { openKeyStore, keyHint, fingerprint, type KeyStore } from './keys.js'
@@ -588,6 +589,20 @@ export class PrivacyRouter {
         rec.upstream_model = t.model
         const headers = this.responseHeaders(up.headers, route, i)
         const ct = String(up.headers['content-type'] ?? '')
+        const enc = String(up.headers['content-encoding'] ?? 'identity').toLowerCase()
+        if (enc !== 'identity' && enc !== '') {
+          // the router asked for identity; an upstream that compresses anyway is decoded here so
+          // redaction and usage accounting see the real bytes
+          const dec = enc === 'gzip' || enc === 'x-gzip' ? createGunzip() : enc === 'br' ? createBrotliDecompress() : enc === 'deflate' ? createInflate() : null
+          if (!dec) {
+            up.body.dump().catch(() => {})
+            lastFailure = { kind: 'upstream', message: `upstream ${t.label} answered with content-encoding ${enc}, which the router cannot decode` }
+            rec.fallback.push({ target: t.label, reason: 'encoding' })
+            break
+          }
+          up.body.on('error', (e) => dec.destroy(e))
+          ;(up as { body: unknown }).body = up.body.pipe(dec)
+        }
         if (isStream && st < 300 && ct.includes('text/event-stream')) {
           await this.pipeStream(up, res, headers, rec, t0, route, filterUsage, ac)
         } else {
@@ -706,7 +721,7 @@ export class PrivacyRouter {
       }
     } finally {
       if (res.destroyed && !res.writableFinished) rec.client_aborted = true
-      if (!up.body.destroyed) up.body.destroy()
+      if (!(up.body as { destroyed?: boolean }).destroyed) (up.body as { destroy(): void }).destroy()
       const u = scanner.usage
       if (u) {
         rec.tokens_in = u.input

@@ -157,3 +157,13 @@ t.test('redactor: a key split at every offset across two or three chunks', async
   t.equal(s.push(Buffer.from('ke\n\n')).toString(), 'sk-like\n\n')
   t.equal(r.string(`a ${encodeURIComponent(key)} b`), 'a [REDACTED] b')
 })
+
+t.test('the shipped example config validates', async (t) => {
+  const { loadConfigFile } = await import('../../lib/router/config.js')
+  const here = new URL('../../profiles/router.example.yaml', import.meta.url).pathname
+  const c = loadConfigFile(here, { env: {} })
+  t.same(c.routes.map((r) => r.name), ['fast', 'smart', 'claude', 'local'])
+  t.same([...c.byModel.get('smart')!.fallbackOn].sort(), ['5xx', 'connect', 'timeout'])
+  t.equal(c.unmapped, 'reject')
+  t.equal(c.listeners.length, 2)
+})

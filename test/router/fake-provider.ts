@@ -22,7 +22,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import { EventEmitter, once } from 'node:events'
 
 export type FakeDirective =
-  | { status: number; body?: unknown; headers?: Record<string, string> }
+  | { status: number; body?: unknown; raw?: Buffer; headers?: Record<string, string> }
   | { hang: true }
   | { delayMs: number }
   | { dropConnection: true }
@@ -145,7 +145,10 @@ export class FakeProvider extends EventEmitter {
     }
     if (d && 'delayMs' in d) await sleep(d.delayMs)
     if (d && 'status' in d) {
-      if (d.body !== undefined) {
+      if (d.raw !== undefined) {
+        res.writeHead(d.status, { 'content-length': d.raw.length, ...(d.headers ?? {}) })
+        res.end(d.raw)
+      } else if (d.body !== undefined) {
         const b = JSON.stringify(d.body)
         res.writeHead(d.status, { 'content-type': 'application/json', ...(d.headers ?? {}) })
         res.end(b)

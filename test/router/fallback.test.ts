@@ -7,6 +7,7 @@ import t from 'tap'
 import OpenAI from 'openai'
 import Anthropic from '@anthropic-ai/sdk'
 import net from 'node:net'
+import { gzipSync } from 'node:zlib'
 import { FakeProvider } from './fake-provider.js'
 import { startRouter, sleep, REAL_KEY } from './helpers.js'
 
@@ -144,4 +145,23 @@ t.test('a client that gives up on a slow non-streamed call cancels it upstream',
   await p
   const ok = await Promise.race([closed.then(() => true), sleep(2000).then(() => false)])
   t.ok(ok, 'upstream connection closed')
+})
+
+t.test('redirects are never followed; Location never reaches the client', async (t) => {
+  const before = b.requests.length
+  a.failNext({ status: 307, body: {}, headers: { location: `${b.baseUrl}/chat/completions?key=${REAL_KEY}` } })
+  const r = await fetch(`${h.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', messages: [] }), redirect: 'manual' })
+  t.equal(r.status, 502)
+  t.equal(r.headers.get('location'), null)
+  const j = await r.json()
+  t.match(j.error.message, /answered with a redirect \(307\); the router does not follow redirects/)
+  t.equal(b.requests.length, before, 'the redirect target was not called')
+})
+
+t.test('an upstream that gzips anyway is decoded, so redaction still applies', async (t) => {
+  const body = { id: 'x', object: 'chat.completion', created: 0, model: 'a', choices: [{ index: 0, message: { role: 'assistant', content: `k=${REAL_KEY}` }, finish_reason: 'stop' }], usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }
+  a.failNext({ status: 200, raw: gzipSync(JSON.stringify(body)), headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' } })
+  const r = await ask()
+  t.equal(r.choices[0]!.message.content, 'k=[REDACTED]')
+  t.equal(h.audit().at(-1)!.tokens_out, 4)
 })
