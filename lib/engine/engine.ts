@@ -134,6 +134,9 @@ export interface ReloadResult {
   generation: number
 }
 
+/** distinct destinations held for the operator at once; more are denied at once (memory bound) */
+const MAX_PENDING = 256
+
 const HOP = new Set([
   'connection',
   'proxy-connection',
@@ -239,6 +242,7 @@ export class Engine {
       connectionsCheckingInterval: Math.min(1_000, this.opts.headersTimeoutMs ?? 15_000),
     } as http.ServerOptions)
     server.keepAliveTimeout = 5_000
+    server.maxConnections = 10_000 // beyond this new clients are closed at once (bounded memory)
     server.on('connection', (s: net.Socket) => this.onConnection(s))
     server.on('request', (req, res) => void this.onRequest(req, res))
     server.on('connect', (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => void this.onTunnel(req, sock, head, 'connect'))
@@ -555,6 +559,9 @@ export class Engine {
   private async ask(t: Target, conn: ConnState, via: string, peer: PeerProcess | null, decisionId: string): Promise<{ ok: boolean; why: string; pendingId: string }> {
     const key = `${t.host}|${t.port}`
     let p = [...this.pending.values()].find((x) => `${x.host}|${x.port}` === key)
+    if (!p && this.pending.size >= MAX_PENDING) {
+      return { ok: false, why: `too many destinations are already waiting for the operator (${MAX_PENDING}); answer them with \`cordon approvals\``, pendingId: '' }
+    }
     if (!p) {
       const timeout = this.opts.askTimeoutMs ?? 60_000
       p = {
@@ -690,7 +697,7 @@ export class Engine {
       if (name.action === 'unlisted' && net.unlisted === 'ask') {
         peer = await this.identify(conn)
         const r = await this.ask(t, conn, via, peer, id)
-        pendingId = r.pendingId
+        pendingId = r.pendingId || null
         name = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
       }
       if (name.action !== 'allow') {
@@ -814,7 +821,8 @@ export class Engine {
     const hp = `${t.host.includes(':') ? `[${t.host}]` : t.host}:${t.port}`
     const lines = [`cordon egress gate: ${t.tunnel ? 'CONNECT to' : 'request to'} ${hp} denied: ${o.reason}.`]
     if (o.status === 403) {
-      if (o.pendingId) lines.push(`An operator can allow it with \`cordon approve ${o.pendingId}\` (then retry), or add "${hp}" to network.allow in the policy.`)
+      if (o.reason.startsWith('denied by the operator')) lines.push('Do not retry this destination: the operator refused it for this session.')
+      else if (o.pendingId) lines.push(`An operator can allow it with \`cordon approve ${o.pendingId}\` (then retry), or add "${hp}" to network.allow in the policy.`)
       else lines.push(`An operator can allow it by adding "${hp}" to network.allow in the policy (${path.basename(this.opts.policyFile)}) and running \`cordon policy reload\`.`)
     }
     lines.push(`(decision ${o.id})`)
