@@ -569,7 +569,7 @@ export class Gateway {
   private async handleControl(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://control')
     const p = url.pathname
-    if (req.method === 'GET' && (p === '/v1/health' || p === '/v1/status')) return sendJson(res, 200, this.status())
+    if (req.method === 'GET' && (p === '/v1/health' || p === '/v1/status' || p === '/health')) return sendJson(res, 200, this.status())
     if (req.method === 'GET' && p === '/v1/channels') return sendJson(res, 200, { channels: this.status().channels })
     if (req.method === 'GET' && p === '/v1/pairings') return sendJson(res, 200, { pairings: this.access.listPending() })
     let m = /^\/v1\/pairings\/([^/]+)\/(approve|deny)$/.exec(p)
