@@ -11,19 +11,21 @@
  *
  * Pure apart from reading policy/profile files and stat()ing the paths rules name.
  */
+import { createHash } from 'node:crypto'
 import fs from 'node:fs'
+import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { LineCounter, parseDocument, isMap, isPair, isScalar, type Document } from 'yaml'
-import _Ajv from 'ajv'
+import type _Ajv from 'ajv'
 import type { ErrorObject, ValidateFunction } from 'ajv'
 import { PolicyError } from './errors.js'
 import type { NetRule, NetworkPolicy, Origin, PathEntry, ResolvedPolicy, RlimitValue } from './types.js'
 import { parseOciProfile } from './seccomp/oci.js'
 import type { RlimitName } from './plan.js'
 
-const Ajv = _Ajv as unknown as typeof _Ajv.default
+const require = createRequire(import.meta.url)
 
 /** profiles/ of this package (lib/policy/ and dist/policy/ are both two levels down). */
 export const PROFILES_DIR = fileURLToPath(new URL('../../profiles/', import.meta.url))
@@ -50,11 +52,56 @@ interface Layer {
   lc?: LineCounter
 }
 
+/*
+ * Validation cost: importing ajv and compiling the schema take ~250 ms of CPU, paid by every
+ * process that loads a policy (twice on lock()'s re-exec path). So:
+ *  - the accept check uses the validator scripts/gen-policy-validator.mjs generated ahead of time
+ *    (ajv standalone code; build output beside this module in dist/, or build/policy/ of the
+ *    package in development), and only when it was generated from this very schema (sha256);
+ *  - ajv itself is loaded, and the schema compiled with allErrors + verbose, only when there is
+ *    no matching generated validator or a policy is invalid (to report every problem).
+ * The schema is the package's own and is checked against the JSON Schema meta-schema by a test
+ * (test/policy/loader.test.ts), so the runtime compile skips that step (validateSchema: false).
+ */
+let schemaText: string | null = null
+function readSchema(): string {
+  return (schemaText ??= fs.readFileSync(SCHEMA_PATH, 'utf8'))
+}
+
+type Check = (data: unknown) => boolean
+let fastCheck: Check | null | undefined
+/** Where the generated validator may be (exported for tests). */
+export const GENERATED_VALIDATORS = [
+  fileURLToPath(new URL('./schema-validator.cjs', import.meta.url)),
+  path.join(PROFILES_DIR, '..', 'build', 'policy', 'schema-validator.cjs'),
+]
+/** The generated validator for this schema, or null (none, or generated from another schema). */
+export function generatedValidator(files = GENERATED_VALIDATORS): Check | null {
+  if (fastCheck !== undefined && files === GENERATED_VALIDATORS) return fastCheck
+  const want = createHash('sha256').update(readSchema()).digest('hex')
+  let found: Check | null = null
+  for (const f of files) {
+    if (!fs.existsSync(f)) continue
+    try {
+      const m = require(f) as Check & { schemaSha256?: string }
+      if (typeof m === 'function' && m.schemaSha256 === want) {
+        found = m
+        break
+      }
+    } catch {
+      /* unreadable or broken: fall back to compiling the schema */
+    }
+  }
+  if (files === GENERATED_VALIDATORS) fastCheck = found
+  return found
+}
+
 let validator: ValidateFunction | null = null
 function schemaValidator(): ValidateFunction {
   if (validator) return validator
-  const schema = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as object
-  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true })
+  const schema = JSON.parse(readSchema()) as object
+  const Ajv = (require('ajv') as typeof _Ajv).default
+  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true, validateSchema: false })
   ajv.addKeyword({ keyword: 'x-allowed', schemaType: 'string' })
   validator = ajv.compile(schema)
   return validator
@@ -225,6 +272,8 @@ function throwAll(errs: PolicyError[]): void {
 }
 
 function validateLayer(layer: Layer): void {
+  const fast = generatedValidator()
+  if (fast && fast(layer.data)) return
   const validate = schemaValidator()
   if (!validate(layer.data)) throwAll(schemaErrors(validate.errors ?? [], layer))
 }

@@ -5,6 +5,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { loadPolicy, loadProfile, PolicyError } from '../../lib/policy/index.js'
+import { generatedValidator, SCHEMA_PATH } from '../../lib/policy/load.js'
 
 const dir = t.testdir({
   ws: { 'notes.txt': 'hi', sub: {} },
@@ -165,4 +166,46 @@ t.test('the shipped agent profile and schema', async (t) => {
   const schema = JSON.parse(fs.readFileSync(new URL('../../profiles/policy.schema.json', import.meta.url), 'utf8'))
   t.equal(schema.additionalProperties, false, 'unknown top-level keys are errors')
   t.match(schema.description, /Landlock cannot deny anything inside a tree it allows/, 'the schema docs say Landlock cannot deny inside an allowed tree')
+})
+
+t.test('the schema is valid JSON Schema (the runtime compile skips that check for speed)', async (t) => {
+  const { default: Ajv } = await import('ajv')
+  const ajv = new Ajv({ strict: true, allowUnionTypes: true })
+  ajv.addKeyword({ keyword: 'x-allowed', schemaType: 'string' })
+  const schema = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8'))
+  t.equal(ajv.validateSchema(schema), true, JSON.stringify(ajv.errors))
+})
+
+t.test('the generated validator: used only for its own schema, same verdicts as the full one', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  const d = t.testdir({})
+  const good = path.join(d, 'good.cjs')
+  const r = spawnSync(process.execPath, [new URL('../../scripts/gen-policy-validator.mjs', import.meta.url).pathname, good], { encoding: 'utf8' })
+  t.equal(r.status, 0, r.stderr)
+  const stale = path.join(d, 'stale.cjs')
+  fs.writeFileSync(stale, fs.readFileSync(good, 'utf8').replace(/schemaSha256 = "[0-9a-f]+"/, `schemaSha256 = "${'0'.repeat(64)}"`))
+  t.equal(generatedValidator([stale]), null, 'generated from another schema: not used')
+  t.equal(generatedValidator([path.join(d, 'missing.cjs')]), null)
+  const fast = generatedValidator([stale, good])
+  t.type(fast, 'function', 'generated from this schema: used')
+  const cases: Array<[unknown, boolean]> = [
+    [{ version: 1 }, true],
+    [{ version: 1, filesystem: { workspace: '/w', read_only: ['/a', { path: '/b', optional: true }] } }, true],
+    [{ version: 1, network: { mode: 'proxy', allow: [{ host: 'example.com', ports: [443] }] } }, true],
+    [{ version: 2 }, false],
+    [{ version: 1, filesystem: { workspace: 3 } }, false],
+    [{ version: 1, nosuch: true }, false],
+    [{ version: 1, network: 'everything' }, false],
+    [{ version: 1, process: { env: { pass: 'PATH' } } }, false],
+  ]
+  for (const [data, valid] of cases) {
+    let full = true
+    try {
+      loadPolicy({ extends: 'none', ...(data as object) }, { cwd: dir })
+    } catch (e) {
+      full = !(e instanceof PolicyError && /is not allowed|wrong type|unknown key|not valid|required/.test(e.message))
+    }
+    t.equal(full, valid, `full validator on ${JSON.stringify(data)}`)
+    t.equal(fast!({ extends: 'none', ...(data as object) }), full, `same verdict for ${JSON.stringify(data)}`)
+  }
 })
