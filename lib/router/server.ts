@@ -349,7 +349,12 @@ export class PrivacyRouter {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse, spec: ListenerSpec): Promise<void> {
     const t0 = performance.now()
     const cfg = this.config
-    const url = req.url ?? '/'
+    let url = req.url ?? '/'
+    if (url.charCodeAt(0) !== 47) {
+      // absolute-form request line (a proxy passed `POST http://inference.local/v1/...` on as is)
+      const m = /^https?:\/\/[^/?#]*(.*)$/i.exec(url)
+      url = m ? m[1] || '/' : url
+    }
     const q = url.indexOf('?')
     let path = q < 0 ? url : url.slice(0, q)
     const query = q < 0 ? '' : url.slice(q)

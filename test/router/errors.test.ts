@@ -114,3 +114,20 @@ t.test('models list in both shapes, without calling upstream', async (t) => {
   t.equal(JSON.parse(a.text).data[0].type, 'model')
   t.equal(fake.requests.length, before)
 })
+
+t.test('absolute-form request line (as an HTTP proxy may pass it on)', async (t) => {
+  const net = await import('node:net')
+  const u = new URL(h.url)
+  const body = JSON.stringify({ model: 'gpt-fast', messages: [] })
+  const answer = await new Promise<string>((resolve, reject) => {
+    const s = net.connect(Number(u.port), u.hostname, () => {
+      s.write(`POST http://inference.local/v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`)
+    })
+    let out = ''
+    s.on('data', (d) => (out += d))
+    s.on('end', () => resolve(out))
+    s.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1\.1 200/)
+  t.match(answer, /hello from fake/)
+})
