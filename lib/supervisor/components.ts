@@ -91,11 +91,13 @@ function firstExisting(...files: string[]): string | undefined {
   return files.find((f) => existsSync(f))
 }
 
+/** The embedded router config: OpenAI and Anthropic routes, keys from the key store. */
 export function defaultRouterConfig(): string | undefined {
-  return firstExisting(resolve(PKG_ROOT, 'profiles', 'router.default.yaml'), resolve(PKG_ROOT, 'profiles', 'router.example.yaml'))
+  return firstExisting(resolve(PKG_ROOT, 'profiles', 'cordon.router.yaml'))
 }
+/** No gateway config: the gateway serves the local channel (`cordon chat`) only. */
 export function defaultGatewayConfig(): string | undefined {
-  return firstExisting(resolve(PKG_ROOT, 'profiles', 'gateway.default.yaml'), resolve(PKG_ROOT, 'profiles', 'gateway.example.yaml'))
+  return undefined
 }
 
 export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
