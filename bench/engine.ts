@@ -60,6 +60,13 @@ function download(connectPort: number, host: string, viaConnect: string | null, 
   })
 }
 
+/** CPU time (user + system, ms) the engine process has used so far: less sensitive to other
+ * load on the machine than wall-clock latency */
+function engineCpuMs(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // clock ticks (USER_HZ = 100)
+}
+
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
@@ -121,11 +128,14 @@ try {
 
   // 2. small requests, keep-alive
   const d = await latency(N, { proxy: null, upstream: up, keepAlive: true })
+  const cpu0 = engineCpuMs(e.ready.pid)
   const g = await latency(N, { proxy: gate, upstream: up, keepAlive: true })
+  const cpuPerReq = (engineCpuMs(e.ready.pid) - cpu0) / (N + Math.min(200, N / 5))
   console.log(`\n2. small HTTP request, keep-alive, ${N} sequential requests`)
   console.log(`   direct            p50 ${pct(d, 50).toFixed(3)} ms  p99 ${pct(d, 99).toFixed(3)} ms`)
   console.log(`   through the gate  p50 ${pct(g, 50).toFixed(3)} ms  p99 ${pct(g, 99).toFixed(3)} ms`)
   console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms  (goal p50 < 0.3 ms)`)
+  console.log(`   engine CPU        ${cpuPerReq.toFixed(3)} ms per request (user+system, includes its audit write)`)
 
   // 3. new connection per request: every request is a new decision, fdatasync'd before it takes effect
   const n3 = Math.min(N, 1000)

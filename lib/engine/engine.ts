@@ -175,6 +175,67 @@ export function parseHostPort(s: string, what: string): HostPort {
   return hp
 }
 
+/**
+ * Connect to the checked address and relay bytes both ways once connected. Upstream reads land
+ * in one reusable 256 KiB buffer (Node's default is 64 KiB per read: 4x the read syscalls on a
+ * bulk download), copied out per write. Half-closes pass through; an error tears both down.
+ */
+function openRelay(
+  address: string,
+  port: number,
+  client: net.Socket,
+  idleMs: number,
+  onConnect: (up: net.Socket) => void,
+  onFail: (e: NodeJS.ErrnoException, connected: boolean) => void,
+  onDone: (bytesIn: number, bytesOut: number, err?: string) => void,
+): net.Socket {
+  let bytesIn = 0
+  let done = false
+  let connected = false
+  const finish = (err?: string) => {
+    if (done) return
+    done = true
+    onDone(bytesIn, up.bytesWritten, err)
+  }
+  const up: net.Socket = net.connect({
+    host: address,
+    port,
+    noDelay: true,
+    onread: {
+      buffer: Buffer.allocUnsafe(256 * 1024),
+      callback: (n: number, buf: Uint8Array) => {
+        bytesIn += n
+        if (!client.write(Buffer.from(buf.subarray(0, n)))) {
+          client.once('drain', () => up.resume())
+          return false
+        }
+        return true
+      },
+    },
+  } as net.NetConnectOpts)
+  up.once('connect', () => {
+    connected = true
+    onConnect(up)
+    client.pipe(up) // client -> upstream, ends upstream on the client's FIN
+  })
+  up.on('end', () => client.end())
+  up.setTimeout(idleMs, () => {
+    finish('idle timeout')
+    up.destroy()
+    client.destroy()
+  })
+  up.on('error', (e: NodeJS.ErrnoException) => {
+    onFail(e, connected)
+    finish(`upstream error ${e.code ?? e.message}`)
+  })
+  up.on('close', (hadError: boolean) => {
+    finish()
+    if (hadError) client.destroy()
+  })
+  client.on('close', () => up.destroy())
+  return up
+}
+
 export class Engine {
   readonly opts: EngineOptions
   policy!: LoadedPolicy
@@ -350,37 +411,22 @@ export class Engine {
     const o = await this.decide(t, conn, 'socks')
     if (o.action === 'deny') return void s.end(reply(o.status === 502 ? 4 : 2))
     if (s.destroyed) return this.endRecord(o, started, 0, 0, 'client went away')
-    const up = net.connect({ host: o.address!, port: o.port, noDelay: true })
-    let done = false
-    const finish = (err?: string) => {
-      if (done) return
-      done = true
-      this.endRecord(o, started, up.bytesRead, up.bytesWritten, err)
-    }
-    let connected = false
-    up.once('connect', () => {
-      connected = true
-      s.write(reply(0))
-      if (rest.length) up.write(rest)
-      s.pipe(up)
-      up.pipe(s)
-      s.resume()
-    })
-    up.setTimeout(this.opts.tunnelIdleMs ?? 3_600_000, () => {
-      finish('idle timeout')
-      up.destroy()
-      s.destroy()
-    })
-    up.on('error', (e: NodeJS.ErrnoException) => {
-      if (!connected) s.end(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
-      else s.destroy()
-      finish(`upstream error ${e.code ?? e.message}`)
-    })
-    up.on('close', () => {
-      finish()
-      s.destroy()
-    })
-    s.on('close', () => up.destroy())
+    openRelay(
+      o.address!,
+      o.port,
+      s,
+      this.opts.tunnelIdleMs ?? 3_600_000,
+      (up) => {
+        s.write(reply(0))
+        if (rest.length) up.write(rest)
+        s.resume()
+      },
+      (e, connected) => {
+        if (!connected) s.end(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
+        else s.destroy()
+      },
+      (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
+    )
   }
 
   address(): HostPort {
@@ -1012,39 +1058,22 @@ export class Engine {
       this.endRecord(o, started, 0, 0, 'client went away')
       return
     }
-    const up = net.connect({ host: o.address!, port: o.port, noDelay: true })
-    let finished = false
-    const finish = (err?: string) => {
-      if (finished) return
-      finished = true
-      this.endRecord(o, started, up.bytesRead, up.bytesWritten, err)
-    }
-    up.setTimeout(tunnelIdle, () => {
-      finish('idle timeout')
-      up.destroy()
-      sock.destroy()
-    })
-    let connected = false
-    up.once('connect', () => {
-      connected = true
-      if (via === 'connect') sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
-      if (head.length) up.write(head)
-      sock.pipe(up)
-      up.pipe(sock)
-    })
-    up.on('error', (e: NodeJS.ErrnoException) => {
-      if (!connected) {
-        const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
-        sock.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
-      } else sock.destroy()
-      finish(`upstream error ${e.code ?? e.message}`)
-    })
-    up.on('close', () => {
-      finish()
-      sock.destroy()
-    })
-    sock.on('close', () => {
-      up.destroy()
-    })
+    openRelay(
+      o.address!,
+      o.port,
+      sock,
+      tunnelIdle,
+      (up) => {
+        if (via === 'connect') sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+        if (head.length) up.write(head)
+      },
+      (e, connected) => {
+        if (!connected) {
+          const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
+          sock.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        } else sock.destroy()
+      },
+      (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
+    )
   }
 }

@@ -258,3 +258,40 @@ t.test('SOCKS5 (socks5h): same rules, reply codes for denials', async (t) => {
   const dec = readAudit(audit).filter((x) => x.via === 'socks')
   t.ok(dec.some((x) => x.decision === 'deny' && x.host === 'unlisted.example.com'), 'SOCKS decisions are audited')
 })
+
+t.test('a bulk download through CONNECT arrives whole (slow reader: backpressure) and is counted', async (t) => {
+  const n = 8 * 1024 * 1024
+  const got = await new Promise<number>((resolve, reject) => {
+    const c = net.connect(G, '127.0.0.1')
+    let est = false
+    let pre = ''
+    let body = 0
+    let head = true
+    c.on('connect', () => c.write(`CONNECT api.example.com:${P} HTTP/1.1\r\nHost: x\r\n\r\n`))
+    c.on('data', (d: Buffer) => {
+      if (!est) {
+        pre += d.toString('latin1')
+        if (pre.includes('\r\n\r\n')) {
+          est = true
+          c.write(`GET /big?n=${n} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`)
+        }
+        return
+      }
+      if (head) {
+        const i = d.indexOf('\r\n\r\n')
+        if (i < 0) return
+        head = false
+        body += d.length - i - 4
+      } else body += d.length
+      // read slowly for a while so the gate has to hold back
+      if (body < 2 * 1024 * 1024) {
+        c.pause()
+        setTimeout(() => c.resume(), 2)
+      }
+    })
+    c.on('close', () => resolve(body))
+    c.on('error', reject)
+  })
+  t.equal(got, n, 'every byte arrives')
+  await waitFor(() => readAudit(audit).some((x) => x.type === 'end' && Number(x.bytes_in) > n), 5_000, 'end record')
+})
