@@ -15,8 +15,10 @@
       "target_name": "cordon-exec",
       "type": "executable",
       "sources": ["native/cordon-exec.c"],
-      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"],
-      "ldflags": ["-static-libgcc"]
+      # static-pie: no dynamic loader or libc relocation at start (~0.2 ms less CPU per confined
+      # spawn); libc.a comes with g++'s libc6-dev (and libc6-dev-arm64-cross for arm64)
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fPIE"],
+      "ldflags": ["-static-pie"]
     }
   ]
 }
