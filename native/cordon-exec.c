@@ -331,11 +331,14 @@ int main(int argc, char **argv) {
         if (paths[i].optional && (errno == ENOENT || errno == ENOTDIR)) continue;
         die("landlock", paths[i].path, errno);
       }
-      struct stat st;
-      if (fstat(pfd, &st) != 0) die("landlock", paths[i].path, errno);
       struct ll_path_attr pa = {paths[i].access, pfd};
-      /* Only narrows: directory-only rights cannot apply to a non-directory. */
-      if (!S_ISDIR(st.st_mode)) pa.access &= ~LL_DIR_ONLY;
+      /* Only narrows: directory-only rights cannot apply to a non-directory. The compiler already
+       * masks them for files, so stat only rules that carry them (most file rules need no fstat). */
+      if (pa.access & LL_DIR_ONLY) {
+        struct stat st;
+        if (fstat(pfd, &st) != 0) die("landlock", paths[i].path, errno);
+        if (!S_ISDIR(st.st_mode)) pa.access &= ~LL_DIR_ONLY;
+      }
       if (syscall(SYS_LANDLOCK_ADD_RULE, rfd, LANDLOCK_RULE_PATH_BENEATH, &pa, 0) != 0)
         die("landlock", paths[i].path, errno);
       close(pfd);

@@ -4,6 +4,16 @@
  */
 import type { Plan } from '../policy/plan.js'
 
+const memo = new WeakMap<Plan, readonly string[]>()
+
+/** helperArgv, computed once per plan object (spawn() reuses cached plans; the seccomp hex and
+ * the rule list cost a little on every spawn otherwise). Plans are never mutated after compile. */
+export function helperArgvCached(plan: Plan): readonly string[] {
+  let a = memo.get(plan)
+  if (!a) memo.set(plan, (a = Object.freeze(helperArgv(plan))))
+  return a
+}
+
 export function helperArgv(plan: Plan): string[] {
   const a: string[] = []
   for (const d of plan.mkdirs) a.push('--mkdir', d)

@@ -8,7 +8,7 @@ import { spawn as cpSpawn, type ChildProcess, type SpawnOptions } from 'node:chi
 import { constants } from 'node:os'
 import type { Plan } from '../policy/plan.js'
 import { helperPath } from '../kernel/addon.js'
-import { helperArgv } from './argv.js'
+import { helperArgvCached } from './argv.js'
 import { preparePlan, type PolicyInput } from './prepare.js'
 
 export interface CordonSpawnOptions extends Omit<SpawnOptions, 'env'> {
@@ -19,7 +19,7 @@ export interface CordonSpawnOptions extends Omit<SpawnOptions, 'env'> {
 /** Spawn an already compiled plan (used by spawn(), the CLI and tests). */
 export function spawnPlan(plan: Plan, cmd: string, args: readonly string[] = [], options: CordonSpawnOptions = {}): ChildProcess {
   const { workspace: _ws, ...rest } = options
-  return cpSpawn(helperPath(), [...helperArgv(plan), '--', cmd, ...args], { ...rest, env: plan.env, shell: false })
+  return cpSpawn(helperPath(), [...helperArgvCached(plan), '--', cmd, ...args], { ...rest, env: plan.env, shell: false })
 }
 
 export function spawn(policy: PolicyInput, cmd: string, args: readonly string[] = [], options: CordonSpawnOptions = {}): ChildProcess {
