@@ -95,9 +95,9 @@ function firstExisting(...files: string[]): string | undefined {
 export function defaultRouterConfig(): string | undefined {
   return firstExisting(resolve(PKG_ROOT, 'profiles', 'cordon.router.yaml'))
 }
-/** No gateway config: the gateway serves the local channel (`cordon chat`) only. */
+/** The embedded gateway config: no external channel, the local channel (`cordon chat`) only. */
 export function defaultGatewayConfig(): string | undefined {
-  return undefined
+  return firstExisting(resolve(PKG_ROOT, 'profiles', 'cordon.gateway.yaml'))
 }
 
 export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {

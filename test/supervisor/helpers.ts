@@ -40,8 +40,9 @@ export function standinSetup(extra: { agent?: Record<string, unknown>; env?: Rec
 
 export function cli(args: string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const env2: Record<string, string | undefined> = { ...process.env, ...env }
-    delete env2.CORDON_RUNTIME_DIR
+    const base: Record<string, string | undefined> = { ...process.env }
+    delete base.CORDON_RUNTIME_DIR
+    const env2 = { ...base, ...env }
     const p = spawn(CLI[0]!, [...CLI.slice(1), ...args], { env: env2 as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
