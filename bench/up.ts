@@ -10,6 +10,8 @@
  *
  *   npx tsx bench/up.ts            real components, services and agent confined
  *   BENCH_CONFINE=0 npx tsx ...    real components unconfined
+ *   BENCH_DIST=1 npx tsx ...       components run from the compiled dist/ (npm run build:ts),
+ *                                  as an installed package does, instead of through tsx
  */
 import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, rmSync } from 'node:fs'
@@ -22,6 +24,8 @@ import { startWorld } from '../test/supervisor/world.js'
 import { standinSetup } from '../test/supervisor/helpers.js'
 
 const confine = process.env.BENCH_CONFINE !== '0'
+if (process.env.BENCH_DIST === '1') process.env.CORDON_SELF = JSON.stringify([process.execPath, new URL('../dist/cli/main.js', import.meta.url).pathname])
+const mode = process.env.CORDON_SELF ? 'compiled dist/' : 'tsx (development)'
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 async function untilHealthy(sock: string, timeoutMs = 120_000): Promise<number> {
@@ -92,6 +96,6 @@ const out: string[] = []
   }
 }
 const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
-console.log(`\nbench/up (load average ${load}, ${(await import('node:os')).cpus().length} cores)`)
+console.log(`\nbench/up (components via ${mode}; load average ${load}, ${(await import('node:os')).cpus().length} cores)`)
 for (const r of out) console.log('  ' + r)
 process.exit(0)
