@@ -104,6 +104,7 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     watch: o.watch !== false,
     headersTimeoutMs: Number(o.headersTimeout) * 1000,
     socks: o.socks ? parseHostPort(String(o.socks), '--socks') : null,
+    listenUnix: (o.listenUnix as string) ?? null,
   })
   let gate: HostPort
   try {
@@ -201,6 +202,7 @@ export function register(program: Command): void {
     .option('--control <socket>', `control API unix socket ("none" to disable); default $CORDON_ENGINE_SOCKET or ${DEFAULT_ENGINE_SOCKET}`)
     .option('--control-tcp <host:port>', 'also serve the control API over TCP (bearer token required)')
     .option('--control-token-file <file>', 'bearer token for --control-tcp (or CORDON_ENGINE_TOKEN)')
+    .option('--listen-unix <path>', 'also serve the gate on a unix socket (for sandboxes without root: lib/sandbox/relay.ts)')
     .option('--socks <host:port>', 'also serve SOCKS5 (CONNECT, no auth) for TCP that is not HTTP; same rules')
     .option('--router <host:port>', 'privacy router address; inference.local leads there')
     .option('--gateway <host:port>', 'gateway address; gateway.local leads there')

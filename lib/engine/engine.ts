@@ -67,6 +67,8 @@ export interface EngineOptions {
   extraOwnAddresses?: string[]
   /** also serve SOCKS5 (CONNECT, no authentication) here, for TCP that is not HTTP */
   socks?: HostPort | null
+  /** also serve the gate on this unix socket (for the non-root relay, lib/sandbox/relay.ts) */
+  listenUnix?: string | null
 }
 
 export interface PendingInfo {
@@ -248,6 +250,7 @@ export class Engine {
   private readonly services = new Map<string, HostPort>()
   private server: http.Server | null = null
   private socksServer: net.Server | null = null
+  private unixServer: net.Server | null = null
   private readonly agent: http.Agent
   private watcher: fs.FSWatcher | null = null
   private pollTimer: NodeJS.Timeout | null = null
@@ -318,6 +321,23 @@ export class Engine {
       })
     })
     if (this.opts.socks) await this.startSocks(this.opts.socks)
+    if (this.opts.listenUnix) {
+      // the same HTTP server serves connections accepted on a unix socket
+      const path_ = this.opts.listenUnix
+      fs.mkdirSync(path.dirname(path_), { recursive: true, mode: 0o755 })
+      try {
+        fs.unlinkSync(path_)
+      } catch {
+        /* none */
+      }
+      const us = net.createServer((c) => server.emit('connection', c))
+      this.unixServer = us
+      await new Promise<void>((resolve, reject) => {
+        us.once('error', reject)
+        us.listen(path_, () => resolve())
+      })
+      fs.chmodSync(path_, 0o666) // any sandbox user may reach the gate; the rules apply as on TCP
+    }
     if (this.opts.watch !== false) this.startWatch()
     const a = server.address() as net.AddressInfo
     return { host: a.address, port: a.port }
@@ -442,6 +462,7 @@ export class Engine {
     for (const s of this.sockets) s.destroy()
     this.agent.destroy()
     if (this.socksServer) await new Promise<void>((r) => this.socksServer!.close(() => r()))
+    if (this.unixServer) await new Promise<void>((r) => this.unixServer!.close(() => r()))
     if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
     this.audit.append({ time: now(), type: 'stop', pid: process.pid })
     this.audit.close()
@@ -705,7 +726,7 @@ export class Engine {
   /** /proc walk for the client's pid and binary; rate-limited (20/s) so a loop of denied requests
    * cannot stall the gate with /proc walks. */
   private async identify(conn: ConnState): Promise<PeerProcess | null> {
-    if ((this.opts.identify ?? 'flagged') === 'none') return null
+    if ((this.opts.identify ?? 'flagged') === 'none' || conn.clientAddr === 'unix') return null
     const nowMs = Date.now()
     this.idTokens = Math.min(20, this.idTokens + ((nowMs - this.idRefill) / 1000) * 20)
     this.idRefill = nowMs
@@ -823,8 +844,8 @@ export class Engine {
   // ---------------------------------------------------------------- gate: connections
 
   private onConnection(s: net.Socket): void {
-    s.setNoDelay(true)
-    const clientAddr = s.remoteAddress ?? ''
+    if (s.remoteAddress !== undefined) s.setNoDelay(true)
+    const clientAddr = s.remoteAddress ?? 'unix'
     const conn: ConnState = {
       sandbox: this.sandboxFor(clientAddr),
       client: `${clientAddr}:${s.remotePort}`,
