@@ -2,7 +2,7 @@
  * Router benchmark (npm run bench:router = `npx tsx bench/router.ts`).
  *
  * Measured in one run, each server in its own process: the fake provider (test/router/fake-provider.ts),
- * the cordon router in front of it (pinned to one CPU with taskset when available, audit on),
+ * the cordon router in front of it (audit on; pinned to one CPU with taskset for the c=200 runs),
  * and @portkey-ai/gateway in front of the same fake provider. The load generator (this process,
  * undici keep-alive pool) measures:
  *   - latency p50/p99 direct vs through the router vs through portkey, at 1 and 200 concurrent
@@ -151,8 +151,13 @@ async function main(): Promise<void> {
   try {
     const fake = await startChild(process.execPath, [...tsxArgs, 'fake'], portOf)
     children.push(fake.child)
-    const pin = (args: string[]) => (hasTaskset && ncpu > 1 ? ['taskset', ['-c', String(ncpu - 1), ...args]] : [args[0]!, args.slice(1)]) as [string, string[]]
-    const router = await startChild(...pin([process.execPath, ...tsxArgs, 'router', String(fake.port), dir]), portOf)
+    // latency runs unpinned (a pinned process cannot move off a CPU another tenant is using);
+    // the c=200 throughput runs pin the proxy, all its threads, to one CPU
+    const pin = (pid: number | undefined, on: boolean) => {
+      if (!hasTaskset || ncpu < 2 || !pid) return
+      spawnSync('taskset', ['-a', '-p', '-c', on ? String(ncpu - 1) : `0-${ncpu - 1}`, String(pid)], { stdio: 'ignore' })
+    }
+    const router = await startChild(process.execPath, [...tsxArgs, 'router', String(fake.port), dir], portOf)
     children.push(router.child)
     const require = createRequire(import.meta.url)
     const pkMain = join(dirname(require.resolve('@portkey-ai/gateway/package.json')), 'build/start-server.js')
@@ -160,7 +165,7 @@ async function main(): Promise<void> {
     let portkey: { child: ChildProcess; port: number } | null = null
     try {
       // portkey's Node server takes --port only (it binds every interface; we call it on 127.0.0.1)
-      portkey = await startChild(...pin([process.execPath, pkMain, `--port=${pkPort}`, '--headless']), (l) => (l.includes('Ready for connections') ? pkPort : null))
+      portkey = await startChild(process.execPath, [pkMain, `--port=${pkPort}`, '--headless'], (l) => (l.includes('Ready for connections') ? pkPort : null))
       children.push(portkey.child)
     } catch (e) {
       process.stderr.write(`portkey did not start: ${(e as Error).message}\n`)
@@ -170,7 +175,7 @@ async function main(): Promise<void> {
     const viaRouter = { port: router.port, headers: { authorization: 'Bearer dummy' } }
     const viaPortkey = portkey ? { port: portkey.port, headers: { authorization: `Bearer ${KEY}`, 'x-portkey-provider': 'openai', 'x-portkey-custom-host': `http://127.0.0.1:${fake.port}/v1` } } : null
 
-    console.log(`cordon router benchmark — node ${process.version}, ${ncpu} CPUs, router ${hasTaskset && ncpu > 1 ? `pinned to CPU ${ncpu - 1}` : 'not pinned'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
+    console.log(`cordon router benchmark — node ${process.version}, ${ncpu} CPUs, proxies ${hasTaskset && ncpu > 1 ? `pinned to CPU ${ncpu - 1} for the c=200 runs` : 'not pinned'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
     // warm-up (JIT, connection pools)
     for (const s of [direct, viaRouter, viaPortkey]) if (s) await load(s.port, s.headers, 50, 3000)
 
@@ -187,11 +192,13 @@ async function main(): Promise<void> {
       ] as const) {
         if (!s) continue
         const proc = name === 'router' ? router.child : name === 'portkey' ? portkey?.child : null
+        pin(proc?.pid, conc === 200)
         const c0 = cpuSeconds(proc?.pid)
         const f0 = cpuSeconds(fake.child.pid)
         const r = await load(s.port, s.headers, conc, n)
         const cpuUs = ((cpuSeconds(proc?.pid) - c0) / n) * 1e6
         const fakeUs = ((cpuSeconds(fake.child.pid) - f0) / n) * 1e6
+        pin(proc?.pid, false)
         rows.push([name, `c=${conc}`, r])
         if (conc === 200) cpu.set(name, name === 'direct' ? fakeUs : cpuUs)
         console.log(`${name.padEnd(8)} c=${String(conc).padEnd(4)} n=${String(n).padEnd(6)} p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  ${r.rps.toFixed(0)} req/s  errors ${r.errors}${proc ? `  ${name} CPU ${cpuUs.toFixed(0)} us/req` : `  provider CPU ${fakeUs.toFixed(0)} us/req`}`)

@@ -425,7 +425,7 @@ export class PrivacyRouter {
       await this.forward(req, res, cfg, route, path + query, body, rec, t0, sandbox, limits)
     } catch (e) {
       if (e instanceof ClientError) {
-        const err = apiError(family, e.kind, e.kind === 'no_key' ? e.message : this.redactor.string(e.message), { retryAfterS: e.retryAfterS })
+        const err = apiError(family, e.kind, this.redactor.string(e.message), { retryAfterS: e.retryAfterS })
         if (e.kind === 'too_large') err.headers['connection'] = 'close'
         this.send(res, err)
         rec.status = err.status

@@ -71,6 +71,21 @@ t.test('openai chat, streamed; usage chunk the client did not ask for is filtere
   t.equal(a.cost_usd, (10 * 1 + 5 * 2) / 1e6)
 })
 
+t.test('SSE is passed through as it comes, not buffered', async (t) => {
+  const t0 = Date.now()
+  const s = await openai.chat.completions.create({ model: 'gpt-fast', messages: [{ role: 'user', content: 'fake:slow' }], stream: true })
+  let first = 0
+  let n = 0
+  for await (const c of s) {
+    if (c.choices[0]?.delta?.content && !first) first = Date.now() - t0
+    n++
+  }
+  const total = Date.now() - t0
+  t.ok(total >= 900, `the provider took ${total} ms for 40 chunks`)
+  t.ok(first < total - 600, `first content after ${first} ms, long before the end (${total} ms)`)
+  t.ok(n >= 40)
+})
+
 t.test('openai chat streamed with include_usage set by the client keeps the usage chunk', async (t) => {
   const s = await openai.chat.completions.create({ model: 'gpt-fast', messages: [{ role: 'user', content: 'hi' }], stream: true, stream_options: { include_usage: true } })
   let usage: unknown = null
