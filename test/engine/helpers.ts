@@ -10,8 +10,16 @@ import { fileURLToPath } from 'node:url'
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const CLI = path.join(ROOT, 'test', 'engine', 'fixtures', 'cli.ts')
 
+const made: string[] = []
+process.once('exit', () => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true })
+})
+
+/** A temporary directory removed when the test process exits. */
 export function tmpdir(prefix = 'cordon-engine-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  made.push(d)
+  return d
 }
 
 export interface Upstream {
