@@ -47,7 +47,7 @@ t.test('hand-made plan: every thread is confined after lock() (re-exec below ABI
   t.equal(r.status, 0, r.out.lockError ?? r.stderr)
   const o = r.out
   t.match(r.stderr, /lock-child: run pid=\d+ marker=no worker-read=ok/, 'control: a worker could read the secret before lock()')
-  t.equal(o.report?.mode, abi >= 8 ? 'tsync' : 'reexec')
+  t.equal(o.report?.mode, 'reexec', 'a fresh network namespace is per-thread: the re-exec path on every ABI')
   t.equal(o.readSync, 'EACCES', 'readFileSync denied')
   t.equal(o.readAsync, 'EACCES', 'fs.readFile on the threadpool denied')
   t.equal(o.workerBefore, 'EACCES', 'worker created before lock() denied')
