@@ -131,7 +131,25 @@ const mb = median(base)
 const ml = median(locked)
 console.log(`2. lock() (${f.landlockAbi >= 8 ? 'in-process TSYNC' : 're-exec: preflight dry run + helper + a second node start'}; median of ${LOCK_RUNS})`)
 console.log(`   node launcher without lock()           ${fmt(mb)}`)
-console.log(`   node launcher with lock()              ${fmt(ml)}   ratio ${(ml / mb).toFixed(2)}x   lock() latency ${fmt(ml - mb)}\n`)
+console.log(`   node launcher with lock()              ${fmt(ml)}   ratio ${(ml / mb).toFixed(2)}x   lock() latency ${fmt(ml - mb)}`)
+// The same as CPU time (user+sys of the process and the children it waited for, i.e. both node
+// images of the re-exec path and the preflight dry run), from wait4: load-independent.
+const lockPy = `
+import os, sys, json, statistics
+out = {'nolock': [], 'lock': []}
+for i in range(${LOCK_RUNS}):
+    for k in out:
+        pid = os.posix_spawn(sys.argv[1], [sys.argv[1], sys.argv[2], k], {'PATH': os.environ.get('PATH', '')})
+        _, st, ru = os.wait4(pid, 0)
+        if st != 0: sys.exit('exit status %d' % st)
+        out[k].append((ru.ru_utime + ru.ru_stime) * 1e3)
+print(json.dumps({k: statistics.median(x) for k, x in out.items()}))
+`
+const lockCpu = spawnSync('python3', ['-c', lockPy, process.execPath, script], { encoding: 'utf8', cwd: REPO })
+if (lockCpu.status === 0) {
+  const c = JSON.parse(lockCpu.stdout) as { nolock: number; lock: number }
+  console.log(`   CPU (user+sys, median): without ${fmt(c.nolock)}, with ${fmt(c.lock)}   lock() CPU ${fmt(c.lock - c.nolock)}\n`)
+} else console.log(`   CPU: skipped: ${lockCpu.stderr.trim()}\n`)
 
 // 3. getpid loop
 const cfile = join(ws, 'getpid.c')
