@@ -35,9 +35,9 @@ const openai = new OpenAI({
   apiKey: 'cordon-no-key-here', // the router strips it and adds the real one
   fetch: undiciFetch,
   fetchOptions: { dispatcher },
-  // the router or the gate restarting (kill -9 -> back within seconds): connection errors and
-  // 502/503 are retried with the client's backoff (about 30 s in all) instead of failing the message
-  maxRetries: 6,
+  // retries are ours (below): the client's own would also retry the router's deliberate answers
+  // (503 "no API key set"), honouring their Retry-After, and keep the user waiting for minutes
+  maxRetries: 0,
   timeout: 120_000,
 })
 
@@ -56,6 +56,24 @@ function save(conv, h) {
   const f = file(conv)
   writeFileSync(`${f}.tmp`, JSON.stringify(h.slice(-20)))
   renameSync(`${f}.tmp`, f)
+}
+
+// The router or the gate restarting (kill -9: back within seconds) shows as a connection error
+// or a 502/504 from the gate: retry those for about 30 s. Anything the router itself answered
+// (a missing key, a limit, a bad model) is relayed at once.
+async function withRetry(fn, rid) {
+  let delay = 250
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn()
+    } catch (e) {
+      const transient = e?.status === undefined || e?.status === 502 || e?.status === 504
+      if (!transient || attempt >= 9) throw e
+      log('warn', 'inference unreachable, retrying', { request_id: rid, attempt, status: e?.status, err: String(e?.message ?? e) })
+      await new Promise((r) => setTimeout(r, delay))
+      delay = Math.min(delay * 2, 5000)
+    }
+  }
 }
 
 async function answer(msg) {
@@ -81,7 +99,7 @@ async function answer(msg) {
   h.push({ role: 'user', content: text })
   const t0 = Date.now()
   try {
-    const r = await openai.chat.completions.create({ model, messages: [{ role: 'system', content: system }, ...h] }, { headers: { 'x-cordon-request-id': rid } })
+    const r = await withRetry(() => openai.chat.completions.create({ model, messages: [{ role: 'system', content: system }, ...h] }, { headers: { 'x-cordon-request-id': rid } }), rid)
     const reply = r.choices?.[0]?.message?.content ?? '(empty answer)'
     h.push({ role: 'assistant', content: reply })
     save(msg.conversation, h)

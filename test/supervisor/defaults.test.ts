@@ -2,7 +2,7 @@
 // mode, local chat channel, the reference agent confined, router routes with keys from the key
 // store). With no key set, `cordon chat` gets the router's error relayed by the agent.
 import t from 'tap'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { cli } from './helpers.js'
 
@@ -13,7 +13,10 @@ t.test('fresh machine: cordon up, cordon chat, no key -> a clear error in the ch
   const rt = mkdtempSync('/run/cordon-defaults-')
   const env = { CORDON_RUNTIME_DIR: rt }
   const up = await cli(['up', '--detach'], env, 240_000)
-  t.teardown(() => cli(['down'], env))
+  t.teardown(async () => {
+    await cli(['down'], env)
+    rmSync(rt, { recursive: true, force: true })
+  })
   t.equal(up.code, 0, `cordon up with no configuration${up.code ? `: ${up.stderr}` : ''}`)
   t.match(up.stdout, /engine\s+healthy[\s\S]*router\s+healthy[\s\S]*gateway\s+healthy[\s\S]*agent\s+running/)
   const chat = await cli(['chat', '--control', join(rt, 'gateway.sock'), '-m', 'hello', '--wait', '120'], env, 180_000)

@@ -6,7 +6,7 @@
 // answered, no audit record is lost. `cordon down` leaves no process, socket, namespace or link.
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { cli, until } from './helpers.js'
 import { startWorld, PROVIDER_KEY, TG_TOKEN } from './world.js'
@@ -43,6 +43,8 @@ t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
   t.teardown(async () => {
     await cli(['down', '-f', w.file])
     await w.close()
+    rmSync(w.runtime, { recursive: true, force: true })
+    rmSync(w.dir, { recursive: true, force: true })
   })
   const before = snapshot(w.dir, w.runtime)
   // the CLI's `status --json` is checked once; polling goes to the supervisor socket directly
