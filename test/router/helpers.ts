@@ -120,7 +120,7 @@ export function control(socketPath: string, method: string, path: string): Promi
 }
 
 /** Plain HTTP request returning status, headers and raw body. */
-export async function raw(url: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer } = {}): Promise<{ status: number; headers: Headers; text: string }> {
+export async function raw(url: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Headers; text: string }> {
   const r = await fetch(url, { method: init.method ?? 'POST', headers: { 'content-type': 'application/json', ...(init.headers ?? {}) }, body: init.body })
   return { status: r.status, headers: r.headers, text: await r.text() }
 }
