@@ -265,8 +265,34 @@ export function register(program: Command): void {
     .option('--denied', 'only denied and pending decisions')
     .option('-n, --tail <n>', 'how many records to show first', '50')
     .option('--json', 'print the JSONL records as they are')
+    .option('--summary', 'group decisions by destination (counts, first/last, which binaries): background noise in one line each')
     .option('--file <audit.jsonl>', 'read an audit file directly instead of asking the engine')
-    .action(async (o: { control?: string; follow?: boolean; denied?: boolean; tail: string; json?: boolean; file?: string }) => {
+    .action(async (o: { control?: string; follow?: boolean; denied?: boolean; tail: string; json?: boolean; file?: string; summary?: boolean }) => {
+      if (o.summary) {
+        const lines = o.file
+          ? tailFile(o.file, Number(o.tail) || 1_000_000)
+          : await (async () => {
+              const q = new URLSearchParams({ tail: o.tail, denied: o.denied ? '1' : '0' })
+              const r = await requestJson<string>(controlTarget(o), 'GET', `/v1/audit?${q}`)
+              return String(r.body).split('\n')
+            })()
+        const groups = new Map<string, { n: number; first: string; last: string; bins: Set<string>; reason: string }>()
+        for (const l of lines) {
+          if (!l.includes('"type":"decision"')) continue
+          const r = JSON.parse(l) as AuditLine
+          if (o.denied && r.decision !== 'deny' && r.decision !== 'pending') continue
+          const k = `${String(r.decision).toUpperCase().padEnd(7)} ${r.host}:${r.port}`
+          const g = groups.get(k) ?? { n: 0, first: r.time ?? '', last: '', bins: new Set<string>(), reason: r.reason ?? '' }
+          g.n++
+          g.last = r.time ?? ''
+          if (r.binary) g.bins.add(r.binary)
+          groups.set(k, g)
+        }
+        for (const [k, g] of [...groups].sort((a, b) => b[1].n - a[1].n)) {
+          process.stdout.write(`${String(g.n).padStart(6)}x ${k}  ${g.first.slice(11, 19)}..${g.last.slice(11, 19)}${g.bins.size ? `  ${[...g.bins].join(', ')}` : ''}${g.reason && k.startsWith('DENY') ? `  (${g.reason})` : ''}\n`)
+        }
+        return
+      }
       const out = (line: string) => {
         if (!line.trim()) return
         if (o.json) process.stdout.write(line + '\n')

@@ -77,6 +77,8 @@ t.test('an approval does not survive a restart unless persisted (--persist keeps
   t.equal((await viaProxy(e.ready.gate.port, `http://wait.example.com:${P}/persisted`)).status, 200, 'a persisted approval survives a restart')
   const logs = await runCli(['logs', '--control', s.sock, '--tail', '5'])
   t.match(logs.stdout, /ALLOW\s+GET wait\.example\.com:\d+\/persisted/)
+  const sum = await runCli(['logs', '--file', s.audit, '--summary', '--denied'])
+  t.match(sum.stdout, new RegExp(`\\d+x PENDING wait\\.example\\.com:${P}`), 'grouped view of held/denied destinations')
 })
 
 t.test('session approvals survive a restart through --state, and never reach the policy file', async (t) => {
