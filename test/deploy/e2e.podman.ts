@@ -128,7 +128,7 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
   const dep = (name: string) => objs.find((o) => o.kind === 'Deployment' && o.metadata.name === name)!
   cm('cordon-router-config').data['router.yaml'] = stringify({
     version: 1,
-    routes: [{ name: 'e2e', default: true, models: ['gpt-e2e'], targets: [{ provider: 'openai', base_url: `http://${GW}:${providerPort}/v1`, model: 'gpt-e2e-upstream', key: { file: '/run/cordon/keys/openai' } }] }],
+    routes: [{ name: 'e2e', default: true, models: ['gpt-e2e', 'gpt-4o-mini'], targets: [{ provider: 'openai', base_url: `http://${GW}:${providerPort}/v1`, model: 'gpt-e2e-upstream', key: { file: '/run/cordon/keys/openai' } }] }],
   })
   cm('cordon-engine-policy').data['policy.yaml'] = stringify({
     version: 1,
@@ -146,6 +146,7 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
   const sb = podSpecOf(dep('cordon-sandbox'))!
   sb.volumes.push({ name: 'agent', configMap: { name: 'cordon-e2e-agent' } })
   sb.containers[0].volumeMounts.push({ name: 'agent', mountPath: '/opt/agent', readOnly: true })
+  const referenceArgs = [...sb.containers[0].args] // the shipped agent (examples/agent), used last
   sb.containers[0].args = [...sb.containers[0].args.slice(0, sb.containers[0].args.indexOf('--') + 1), 'node', '/opt/agent/agent.mjs']
   podSpecOf(dep('cordon-engine'))!.containers[0].args.push(`--resolve=allowed.test=${GW}`, `--resolve=denied.test=${GW}`)
   objs.push(
@@ -174,41 +175,50 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
   for (const c of ['router', 'engine', 'gateway']) play(c)
   const ip: Record<string, string> = {}
   for (const c of ['router', 'engine', 'gateway']) ip[c] = podIp(`cordon-${c}-pod-0`, NET)
-  play('sandbox', false)
-  // start only the sandbox's infra container (its network namespace), wire it, then start the agent
-  podman('start', podman('pod', 'inspect', 'cordon-sandbox-pod-0', '--format', '{{.InfraContainerID}}'))
-  ip.sandbox = podIp('cordon-sandbox-pod-0', NET)
-  t.comment(`pod IPs: ${JSON.stringify(ip)}`)
-
-  // kube-proxy emulation: ClusterIP:port -> podIP:targetPort in every client pod
-  for (const c of ['engine', 'gateway', 'sandbox']) {
-    const pid = infraPid(`cordon-${c}-pod-0`)
+  // kube-proxy emulation: ClusterIP:port -> podIP:targetPort in a client pod's namespace
+  const dnat = (pid: number) => {
     for (const s of adapted.services) inNetns(pid, 'iptables', ['-t', 'nat', '-A', 'OUTPUT', '-d', s.clusterIP, '-p', 'tcp', '--dport', String(s.port), '-j', 'DNAT', '--to-destination', `${ip[s.component]}:${s.targetPort}`])
   }
-  // CNI stand-in for the sandbox: its egress allow-list, compiled from the rendered NetworkPolicies
+  for (const c of ['engine', 'gateway']) dnat(infraPid(`cordon-${c}-pod-0`))
   const policies = objs.filter((o) => o.kind === 'NetworkPolicy') as unknown as NetworkPolicy[]
   const ns = (n: string) => ({ 'kubernetes.io/metadata.name': n })
   const ep = (c: string): Endpoint => {
     const d = objs.find((o) => o.kind === 'Deployment' && o.spec.template.metadata.labels['app.kubernetes.io/component'] === c)!
     return { name: c, ip: ip[c]!, namespace: 'cordon', labels: d.spec.template.metadata.labels, ports: podSpecOf(d)!.containers[0].ports?.map((p: Obj) => ({ name: p.name, port: p.containerPort, protocol: 'TCP' })) ?? [] }
   }
-  const spid = infraPid('cordon-sandbox-pod-0')
-  const ipt = (...a: string[]) => inNetns(spid, 'iptables', a)
-  ipt('-A', 'OUTPUT', '-o', 'lo', '-j', 'ACCEPT')
-  ipt('-A', 'OUTPUT', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT')
-  const allowedFlows: string[] = []
-  for (const c of ['router', 'engine', 'gateway']) {
-    for (const p of ep(c).ports!) {
-      if (evaluate(policies, ns, ep('sandbox'), ep(c), p.port, 'TCP').allowed) {
-        ipt('-A', 'OUTPUT', '-d', ip[c]!, '-p', 'tcp', '--dport', String(p.port), '-j', 'ACCEPT')
-        allowedFlows.push(`${c}:${p.port}`)
+  /** Play the sandbox pod, wire its namespace (DNAT + CNI stand-in), then start the agent. */
+  const startSandbox = (docs: Obj[]): string[] => {
+    try { podman('pod', 'rm', '-f', '-t', '0', 'cordon-sandbox-pod-0') } catch { /* first start */ }
+    const file = path.join(tmp, 'sandbox.yaml')
+    writeFileSync(file, docs.map((o) => stringify(o)).join('---\n'))
+    run('podman', ['kube', 'play', '--network', NET, '--seccomp-profile-root', seccompRoot, '--start=false', file])
+    // start only the infra container (the pod's network namespace), wire it, then the agent
+    podman('start', podman('pod', 'inspect', 'cordon-sandbox-pod-0', '--format', '{{.InfraContainerID}}'))
+    ip.sandbox = podIp('cordon-sandbox-pod-0', NET)
+    const spid = infraPid('cordon-sandbox-pod-0')
+    dnat(spid)
+    // CNI stand-in: the sandbox's egress allow-list, compiled from the rendered NetworkPolicies
+    const ipt = (...a: string[]) => inNetns(spid, 'iptables', a)
+    ipt('-A', 'OUTPUT', '-o', 'lo', '-j', 'ACCEPT')
+    ipt('-A', 'OUTPUT', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT')
+    const allowedFlows: string[] = []
+    for (const c of ['router', 'engine', 'gateway']) {
+      for (const p of ep(c).ports!) {
+        if (evaluate(policies, ns, ep('sandbox'), ep(c), p.port, 'TCP').allowed) {
+          ipt('-A', 'OUTPUT', '-d', ip[c]!, '-p', 'tcp', '--dport', String(p.port), '-j', 'ACCEPT')
+          allowedFlows.push(`${c}:${p.port}`)
+        }
       }
     }
+    ipt('-A', 'OUTPUT', '-p', 'tcp', '-j', 'REJECT', '--reject-with', 'tcp-reset')
+    ipt('-A', 'OUTPUT', '-j', 'REJECT')
+    podman('pod', 'start', 'cordon-sandbox-pod-0')
+    return allowedFlows.sort()
   }
-  ipt('-A', 'OUTPUT', '-p', 'tcp', '-j', 'REJECT', '--reject-with', 'tcp-reset')
-  ipt('-A', 'OUTPUT', '-j', 'REJECT')
-  t.same(allowedFlows.sort(), ['engine:3128', 'gateway:8081', 'router:8080'], 'sandbox egress allow-list compiled from the NetworkPolicies')
-  podman('pod', 'start', 'cordon-sandbox-pod-0')
+  pods.push('cordon-sandbox-pod-0')
+  const sandboxDocs = adapted.byComponent.get('sandbox')!
+  t.same(startSandbox(sandboxDocs), ['engine:3128', 'gateway:8081', 'router:8080'], 'sandbox egress allow-list compiled from the NetworkPolicies')
+  t.comment(`pod IPs: ${JSON.stringify(ip)}`)
   t.comment(`four pods started in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
 
   const ctr = (c: string) => `cordon-${c}-pod-0-${c === 'sandbox' ? 'agent' : c}`
@@ -266,8 +276,17 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     const id = `e2e-${Date.now()}-${seq++}`
     const body = JSON.stringify({ id, conversation: 'e2e-conv', sender: { id: 'e2e-user', name: 'E2E' }, text })
     const ts = Math.floor(Date.now() / 1000)
-    const r = await fetch(`http://${ip.gateway}:8443/channels/hook`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-cordon-timestamp': String(ts), 'x-cordon-signature': signWebhook(SECRETS.webhookSecret, ts, body) }, body })
-    if (r.status >= 300) throw new Error(`webhook POST: HTTP ${r.status} ${await r.text()}`)
+    // a fresh connection per message (no keep-alive reuse across the long scans between sends)
+    const status = await new Promise<{ code: number; text: string }>((resolve, reject) => {
+      const req = http.request({ host: ip.gateway, port: 8443, path: '/channels/hook', method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'x-cordon-timestamp': String(ts), 'x-cordon-signature': signWebhook(SECRETS.webhookSecret, ts, body) } }, (res) => {
+        let b = ''
+        res.on('data', (c) => (b += c))
+        res.on('end', () => resolve({ code: res.statusCode ?? 0, text: b }))
+      })
+      req.on('error', reject)
+      req.end(body)
+    })
+    if (status.code >= 300) throw new Error(`webhook POST: HTTP ${status.code} ${status.text}`)
     const end = Date.now() + 45_000
     while (Date.now() < end) {
       const got = replies.find((x) => x && x.in_reply_to && String(x.in_reply_to).includes(id))
@@ -369,6 +388,20 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     t.same(Object.keys(gateway).sort(), ['engineToken', 'gatewayToken', 'webhookSecret'], `gateway pod: channel secret and control tokens only (${JSON.stringify(gateway)})`)
     const engine = scan('engine')
     t.same(Object.keys(engine).sort(), ['engineToken'], `engine pod: its control token only (${JSON.stringify(engine)})`)
+  })
+
+  await t.test('the shipped sandbox Deployment as rendered: the reference agent (examples/agent) answers through the router', async (t) => {
+    const docs = structuredClone(sandboxDocs)
+    const d = docs.find((o) => o.kind === 'Deployment')!
+    const c = podSpecOf(d)!.containers[0]
+    c.args = referenceArgs
+    t.same(c.args.slice(-2), ['node', '/opt/cordon/examples/agent/agent.mjs'], 'the rendered agent command')
+    startSandbox(docs)
+    const before = provider.requests.length
+    const r = await send('what is the answer?')
+    t.match(r.text, /e2e answer forty-two/, "the reference agent's reply carries the provider's answer")
+    t.equal(provider.requests.slice(before)[0]?.headers.authorization, `Bearer ${SECRETS.providerKey}`, 'the router added the real key')
+    t.match(podman('exec', ctr('sandbox'), 'cat', '/proc/1/status'), /^NoNewPrivs:\s*1$/m, 'the pod runs with no_new_privs')
   })
 
   for (const n of NOT_EXERCISED) t.comment(`NOT exercised: ${n}`)

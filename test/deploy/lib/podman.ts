@@ -113,6 +113,14 @@ export function adaptForPodman(objs: Obj[], opts: { seccompFlatName: (localhostP
         out.push(pvcs.get(v.persistentVolumeClaim.claimName)!)
       }
     }
+    // podman 4.3 publishes every containerPort on the host (all addresses), which a cluster never
+    // does: drop them (pods reach each other by pod IP; nothing here needs a host port).
+    for (const c of [...(spec.initContainers ?? []), ...spec.containers]) {
+      if (c.ports?.length) {
+        delete c.ports
+        notes.push(`${comp}: containerPorts not given to podman (podman 4.3 would publish them on the host)`)
+      }
+    }
     if (comp === 'engine' || comp === 'gateway') {
       spec.hostAliases = [...(spec.hostAliases ?? []), ...dnsAliases]
       notes.push(`${comp}: cluster DNS names of the Services given as hostAliases to their ClusterIPs (no CoreDNS in podman)`)
