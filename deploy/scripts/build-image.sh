@@ -88,8 +88,14 @@ find "$CTX/package/dist" -type f -name '*.map' -delete
 # into a second layer).
 chmod -R a-w,a+rX "$CTX/package"
 version=$(node -p 'require("./package.json").version')
+old_id=$(podman image inspect "$IMAGE" --format '{{.Id}}' 2>/dev/null || true)
 log "podman build"
 podman build --quiet --layers=false -f deploy/Containerfile -t "$IMAGE" -t "localhost/cordon:$version" "$CTX" >/dev/null
+# the previous build of this tag, now untagged: remove it (only that one image)
+if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect "$IMAGE" --format '{{.Id}}')" ] \
+   && [ -z "$(podman image inspect "$old_id" --format '{{join .RepoTags ","}}' 2>/dev/null)" ]; then
+  podman rmi "$old_id" >/dev/null 2>&1 || true
+fi
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 base=$(podman image inspect localhost/cordon-base:bookworm --format '{{.Size}}')
 log "$IMAGE: $((size / 1000000)) MB (base $((base / 1000000)) MB + cordon $(((size - base) / 1000000)) MB) in $(( $(date +%s) - t0 ))s"

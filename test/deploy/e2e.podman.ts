@@ -73,7 +73,9 @@ const SECRETS = {
 }
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cordon-e2e-'))
 const pods: string[] = []
-const volumes = ['cordon-engine-state', 'cordon-gateway-state']
+// podman keeps ConfigMap volumes (named after the ConfigMap) and PVCs as named volumes: the
+// test's secrets would stay on disk in them, so all are removed with the pods.
+const volumes = ['cordon-engine-state', 'cordon-gateway-state', 'cordon-e2e-agent', 'cordon-engine-policy', 'cordon-gateway-config', 'cordon-router-config', 'cordon-sandbox-policy', 'cordon-seccomp-profiles', 'engine-secret-control-token', 'gateway-secret-channels', 'gateway-secret-control-token', 'router-secret-keys', 'router-secret-keys-in']
 
 function cleanup(): void {
   for (const p of ['cordon-sandbox-pod-0', 'cordon-gateway-pod-0', 'cordon-engine-pod-0', 'cordon-router-pod-0']) {
