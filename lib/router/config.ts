@@ -49,6 +49,8 @@ export interface Target {
   auth: AuthStyle
   timeoutMs: number
   headers: Record<string, string>
+  /** Ask an OpenAI-API upstream for usage in streams (stream_options.include_usage). */
+  streamUsage: boolean
   /** Display name for audit/metrics: "<route>[i] provider/model". */
   label: string
 }
@@ -219,6 +221,7 @@ export const routerConfigSchema = {
                 auth: { enum: ['bearer', 'x-api-key', 'api-key', 'none'] },
                 timeout_ms: { type: 'integer', minimum: 1 },
                 headers: { type: 'object', additionalProperties: { type: 'string' } },
+                stream_usage: { type: 'boolean' },
               },
             },
           },
@@ -244,6 +247,7 @@ interface RawTarget {
   auth?: AuthStyle
   timeout_ms?: number
   headers?: Record<string, string>
+  stream_usage?: boolean
 }
 interface RawConfig {
   version?: 1
@@ -459,6 +463,7 @@ export function compileConfig(text: string, file: string, opts: LoadOptions = {}
         auth,
         timeoutMs: t.timeout_ms ?? defTimeout,
         headers: t.headers ?? {},
+        streamUsage: t.stream_usage ?? true,
         label: `${r.name}[${ti}] ${t.provider}/${t.model}`,
       })
     })

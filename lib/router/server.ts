@@ -536,7 +536,7 @@ export class PrivacyRouter {
         }
         const payload: Record<string, unknown> = { ...body, model: t.model }
         let filterUsage = false
-        if (isStream && chatLike && t.family === 'openai') {
+        if (isStream && chatLike && t.family === 'openai' && t.streamUsage) {
           const so = body.stream_options as { include_usage?: boolean } | undefined
           if (!so?.include_usage) {
             payload.stream_options = { ...(so ?? {}), include_usage: true }

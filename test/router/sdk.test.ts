@@ -25,6 +25,10 @@ routes:
         base_url: ${oa.baseUrl}
         model: up-gpt
         key: { store: openai }
+  - name: plain
+    models: [gpt-plain]
+    targets:
+      - { provider: openai-compatible, base_url: ${oa.baseUrl}, model: up-plain, key: { store: openai }, stream_usage: false }
   - name: claude
     models: [claude-x]
     targets:
@@ -93,6 +97,15 @@ t.test('openai chat streamed with include_usage set by the client keeps the usag
   t.same(usage, { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 })
 })
 
+t.test('stream_usage: false leaves the request as the client sent it', async (t) => {
+  const s = await openai.chat.completions.create({ model: 'gpt-plain', messages: [{ role: 'user', content: 'hi' }], stream: true })
+  for await (const _c of s) {
+    /* drain */
+  }
+  t.equal(oa.requests.at(-1)!.body.stream_options, undefined)
+  t.equal(h.audit().at(-1)!.tokens_in, null, 'no usage: tokens unknown')
+})
+
 t.test('openai responses API, streamed and not', async (t) => {
   const r = await openai.responses.create({ model: 'gpt-fast', input: 'hi' })
   t.equal(r.output_text, 'hello from oa')
@@ -108,7 +121,7 @@ t.test('openai embeddings and models', async (t) => {
   t.same(e.data[0]!.embedding, [0.1, 0.2, 0.3])
   const models = []
   for await (const m of openai.models.list()) models.push(m.id)
-  t.same(models.sort(), ['claude-x', 'gpt-fast'])
+  t.same(models.sort(), ['claude-x', 'gpt-fast', 'gpt-plain'])
 })
 
 t.test('anthropic messages, not streamed', async (t) => {
