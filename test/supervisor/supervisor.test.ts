@@ -2,7 +2,7 @@
 // health, restart after kill -9 and after failed health checks, state restored through --state,
 // agent restart policy, and a stop that leaves no process or socket behind.
 import t from 'tap'
-import { existsSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, writeFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadConfig } from '../../lib/supervisor/config.js'
 import { buildSpecs } from '../../lib/supervisor/components.js'
@@ -10,7 +10,7 @@ import { Supervisor } from '../../lib/supervisor/supervisor.js'
 import { isAlive } from '../../lib/supervisor/proc.js'
 import { readState } from '../../lib/supervisor/runtime.js'
 import { checkHealth } from '../../lib/supervisor/health.js'
-import { standinSetup, until } from './helpers.js'
+import { cli, standinSetup, until } from './helpers.js'
 
 function make(extra: Parameters<typeof standinSetup>[0] = {}) {
   const s = standinSetup(extra)
@@ -126,4 +126,25 @@ t.test('a component that never gets healthy fails start with its log tail, and n
   await t.rejects(sup.start(), /router exited \(code 4\) before becoming healthy[\s\S]*cannot read \/etc\/cordon\/keys/)
   t.notOk(existsSync(join(s.runtime, 'state.json')), 'state removed')
   t.notOk(existsSync(join(s.runtime, 'engine.sock')), 'engine stopped and its socket removed')
+})
+
+t.test('cordon down after a kill -9 of the supervisor stops what it left and removes its sockets', async (t) => {
+  const s = standinSetup()
+  const up = await cli(['up', '-f', s.file, '--detach'], {}, 120_000)
+  t.equal(up.code, 0, up.stderr)
+  const st = readState(s.runtime)!
+  const pids = Object.values(st.components).map((c) => c!)
+  t.equal(pids.length, 4)
+  process.kill(st.supervisor.pid, 'SIGKILL')
+  await until(() => !isAlive(st.supervisor), 5000, 'supervisor gone')
+  t.ok(pids.every((p) => isAlive(p)), 'the components outlive the supervisor')
+  const status = await cli(['status', '-f', s.file])
+  t.equal(status.code, 1, 'status exits 1: not running')
+  t.match(status.stdout, /supervisor \(pid \d+\) is not running; `cordon up` adopts or restarts what is left, `cordon down` cleans it/)
+  const down = await cli(['down', '-f', s.file])
+  t.equal(down.code, 0, down.stderr)
+  t.match(down.stdout, /was not running: cleaning what it left/)
+  t.ok(pids.every((p) => !isAlive(p)), 'every component stopped')
+  t.same(readdirSync(s.runtime).filter((f) => f.endsWith('.sock') || f === 'state.json'), [], 'no socket, no state left')
+  rmSync(s.dir, { recursive: true, force: true })
 })
