@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
-    python3 make g++ iproute2 tmux curl procps psmisc binutils file \
+    python3 make g++ iproute2 iptables tmux curl procps psmisc binutils file \
     cmake g++-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static >/dev/null
   if [ -f deploy/scripts/host-setup.sh ]; then bash deploy/scripts/host-setup.sh; fi
 else

@@ -4,11 +4,15 @@
  */
 import type { Command } from 'commander'
 import { resolve } from 'node:path'
-import { loadPolicy, compilePlan, PolicyError } from '../policy/index.js'
+import { loadPolicy, compilePlan, planHash, PolicyError } from '../policy/index.js'
 import { doctor, probe, type DoctorReport } from '../kernel/probe.js'
 import { runPlan } from '../sandbox/spawn.js'
+import { ensureGateAddress, prepareNetns } from '../sandbox/netns.js'
 
-interface RunOpts { policy?: string; profile?: string; workspace?: string }
+interface RunOpts { policy?: string; profile?: string; workspace?: string; gatePort?: string }
+
+/** The port `cordon engine` (and `cordon up`) serves the egress gate on, at 169.254.77.1. */
+export const DEFAULT_GATE_PORT = 3128
 
 function policyInput(o: { policy?: string; profile?: string }): string | object {
   if (o.policy && o.profile) throw Object.assign(new Error('use either --policy FILE or --profile NAME, not both'), { exitCode: 2 })
@@ -20,9 +24,36 @@ function policyInput(o: { policy?: string; profile?: string }): string | object 
 export async function runCommand(cmd: string, args: string[], o: RunOpts): Promise<number> {
   const workspace = resolve(o.workspace ?? process.cwd())
   const policy = loadPolicy(policyInput(o), { workspace, cwd: process.cwd() })
-  const plan = compilePlan(policy, probe(), { env: process.env })
-  for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
-  return runPlan(plan, cmd, args, { cwd: process.cwd() })
+  const features = probe()
+  if (policy.network.mode !== 'proxy') {
+    const plan = compilePlan(policy, features, { env: process.env })
+    for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+    return runPlan(plan, cmd, args, { cwd: process.cwd() })
+  }
+  // Proxy mode: the sandbox gets a namespace whose only route leads to the egress gate of a
+  // running `cordon engine` (lib/sandbox/netns.ts), and Landlock (ABI >= 4) limits its TCP
+  // connect() to the gate's port.
+  const gatePort = Number(o.gatePort ?? DEFAULT_GATE_PORT)
+  if (!Number.isInteger(gatePort) || gatePort < 1 || gatePort > 65535) {
+    throw Object.assign(new Error(`--gate-port ${o.gatePort}: not a TCP port (1-65535)`), { exitCode: 2 })
+  }
+  if (!features.isRoot) {
+    throw Object.assign(new Error(
+      `${policy.source}: network: proxy needs root in \`cordon run\` (it creates a network namespace ` +
+      `and a veth to the egress gate); run it as root, or use network: none`), { exitCode: 125 })
+  }
+  const compiled = compilePlan(policy, features, { env: process.env, gatePorts: [gatePort] })
+  for (const l of compiled.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+  ensureGateAddress()
+  const ns = prepareNetns({ id: `run-${process.pid}`, gatePort })
+  try {
+    const { hash: _old, ...rest } = compiled
+    const joined = { ...rest, network: { mode: 'join' as const, path: ns.netnsPath }, env: { ...compiled.env, ...ns.proxyEnv } }
+    const plan = { ...joined, hash: planHash(joined) }
+    return await runPlan(plan, cmd, args, { cwd: process.cwd() })
+  } finally {
+    ns.cleanup()
+  }
 }
 
 function yesNo(b: boolean | null): string {
@@ -64,6 +95,7 @@ export function register(program: Command): void {
     .option('--policy <file>', 'policy file (YAML or JSON)')
     .option('--profile <name>', 'a shipped profile (profiles/<name>.yaml), e.g. agent')
     .option('--workspace <dir>', 'read-write workspace (default: the current directory)')
+    .option('--gate-port <port>', `with network: proxy, the port of the running engine's egress gate on 169.254.77.1 (default ${DEFAULT_GATE_PORT})`)
     .argument('<command>', 'the program to run (put `--` before it)')
     .argument('[args...]', 'its arguments')
     .action(async (cmd: string, args: string[], o: RunOpts) => {
