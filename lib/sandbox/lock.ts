@@ -371,6 +371,8 @@ async function verifyReexec(plan: Plan, m: Marker): Promise<LockReport> {
 export interface LockDeps {
   addon?: CordonAddon
   features?: KernelFeatures
+  /** counts this process's io_uring instances (tests) */
+  ioUringFds?: () => number
 }
 
 /** lock() over a plan source; exported for tests that use hand-made plans. */
@@ -387,9 +389,18 @@ export async function lockWith(getPlan: (env: NodeJS.ProcessEnv) => Plan, deps: 
   const plan = getPlan(process.env)
   if (plan.abi !== features.landlockAbi)
     throw new LockError(`lock(): the plan was compiled for Landlock ABI ${plan.abi}, this kernel has ${features.landlockAbi}`)
-  const choice = chooseLockMode(plan, features, process.env, holdsCapabilities(), ioUringFds())
+  const rings = deps.ioUringFds ?? ioUringFds
+  const choice = chooseLockMode(plan, features, process.env, holdsCapabilities(), rings())
   if (choice.mode === 'tsync') {
     applyInProcess(plan, a)
+    // A thread that was starting (a Worker's event loop) may have set up a ring between the
+    // check and the restriction: such a ring keeps the old credentials. Fail rather than return.
+    const late = rings()
+    if (late > 0)
+      throw new LockError(
+        `lock(): ${late} io_uring instance(s) appeared while confining in place; this process is now partly confined ` +
+          'and must not be used: call lock() before starting worker threads',
+      )
     const threads = deps.addon ? 0 : verifyThreads(plan.seccomp !== null)
     if (!deps.addon) await verifyLandlock(plan)
     return report(plan, 'tsync', threads)

@@ -4,7 +4,7 @@
  */
 import t from 'tap'
 import { helperArgv } from '../../lib/sandbox/argv.js'
-import { chooseLockMode, applyInProcess, planGrants, ioUringFds, SECCOMP_FILTER_FLAG_TSYNC, RLIMIT } from '../../lib/sandbox/lock.js'
+import { chooseLockMode, applyInProcess, planGrants, ioUringFds, lockWith, SECCOMP_FILTER_FLAG_TSYNC, RLIMIT } from '../../lib/sandbox/lock.js'
 import { symlinkSync } from 'node:fs'
 import { exitStatus } from '../../lib/sandbox/spawn.js'
 import type { CordonAddon } from '../../lib/kernel/addon.js'
@@ -114,6 +114,19 @@ t.test('in-process path (ABI >= 8) restricts with TSYNC and installs seccomp wit
   t.notOk(calls.some((c) => c[2] === '/no/such/optional'), 'missing optional path skipped')
   t.ok(calls.some((c) => c[0] === 'port' && c[2] === 443))
   t.same(calls.at(-2), ['close', 42])
+
+  // lockWith on ABI 8: in place only without io_uring rings, before and after the restriction
+  const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined))
+  const inPlace = () => ({ ...handPlan({ abi: 8, workspace: '/tmp', network: { mode: 'host' }, env }), dropCapabilities: false })
+  const deps = (counts: number[]) => ({ addon: fake, features: feat(8), ioUringFds: () => counts.shift() ?? 0 })
+  calls.length = 0
+  t.equal((await lockWith(inPlace, deps([0, 0]))).mode, 'tsync', 'no rings: confined in place')
+  t.ok(calls.some((c) => c[0] === 'restrict'))
+  calls.length = 0
+  await t.rejects(lockWith(inPlace, deps([3])), /plan cannot be applied here|must not re-exec/, 'rings present: the re-exec path (here it cannot run the ABI 8 plan)')
+  t.notOk(calls.some((c) => c[0] === 'restrict' || c[0] === 'seccomp'), 'nothing installed in place while rings exist')
+  calls.length = 0
+  await t.rejects(lockWith(inPlace, deps([0, 1])), /io_uring instance\(s\) appeared while confining in place/, 'a ring that appeared meanwhile: lock() fails')
 
   // a missing required path stops before anything is restricted
   calls.length = 0
