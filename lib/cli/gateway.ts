@@ -11,6 +11,7 @@ import type { Command } from 'commander'
 
 export function defaultControlSocket(): string {
   if (process.env.CORDON_GATEWAY_CONTROL) return process.env.CORDON_GATEWAY_CONTROL
+  if (process.env.CORDON_RUNTIME_DIR) return path.join(process.env.CORDON_RUNTIME_DIR, 'gateway.sock')
   if (process.getuid?.() === 0) return '/run/cordon/gateway.sock'
   const base = process.env.XDG_RUNTIME_DIR ?? path.join(os.tmpdir(), `cordon-${process.getuid?.() ?? 'user'}`)
   return path.join(base, 'cordon', 'gateway.sock')

@@ -1,7 +1,8 @@
 /** Client of the engine's control API (used by the CLI and by other components). */
 import http from 'node:http'
 
-export const DEFAULT_ENGINE_SOCKET = '/run/cordon/engine.sock'
+/** `cordon up` puts every control socket in its runtime dir (CORDON_RUNTIME_DIR, default /run/cordon). */
+export const DEFAULT_ENGINE_SOCKET = `${process.env.CORDON_RUNTIME_DIR || '/run/cordon'}/engine.sock`
 
 export interface ControlTarget {
   /** unix socket path */
