@@ -50,6 +50,17 @@ t.test('every rendered object is valid against the Kubernetes API schema', async
   t.match(unknownFields([bad2]).join('\n'), /readOnlyRootFilesytem/, 'a misspelt field is rejected')
 })
 
+t.test('one image for every role, tagged with the package version build-image.sh produces', async (t) => {
+  const version = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version
+  const images = new Set(workloads.flatMap((w) => [...(podSpecOf(w)!.initContainers ?? []), ...podSpecOf(w)!.containers].map((c: Obj) => c.image)))
+  t.same([...images], [`localhost/cordon:${version}`], `every container runs localhost/cordon:${version} (deploy/base/kustomization.yaml images: newTag = package.json version)`)
+  for (const w of workloads.filter((x) => component(x) !== 'seccomp-installer')) {
+    const c = podSpecOf(w)!.containers[0]
+    t.equal(c.args?.[0], component(w) === 'sandbox' ? 'run' : component(w), `${w.metadata.name}: the command picks the role (cordon ${c.args?.[0]})`)
+    t.notOk(c.command, `${w.metadata.name}: uses the image entrypoint (cordon)`)
+  }
+})
+
 t.test('four components, each with its own token-less ServiceAccount', async (t) => {
   t.same(new Set(workloads.map(component)), new Set(['sandbox', 'router', 'engine', 'gateway', 'seccomp-installer']))
   for (const sa of byKind('ServiceAccount')) t.equal(sa.automountServiceAccountToken, false, `ServiceAccount ${sa.metadata.name} mounts no token`)
