@@ -22,6 +22,7 @@ import { render, podSpecOf, ROOT, type Obj } from './lib/k8s.js'
 import { adaptForPodman, podman, run, infraPid, podIp, inNetns } from './lib/podman.js'
 import { evaluate, type NetworkPolicy, type Endpoint } from './lib/netpol.js'
 import { FakeProvider } from '../router/fake-provider.js'
+import { AtomicWriterDir } from './lib/atomic-writer.js'
 import { createHmac } from 'node:crypto'
 
 // The webhook channel's signature (docs/agent-endpoint.md): sha256=HMAC-SHA256("<ts>.<body>").
@@ -33,7 +34,7 @@ const NOT_EXERCISED = [
   'the seccomp installer DaemonSet (podman runs no DaemonSets; the profile is placed where podman reads it)',
   'Service ClusterIP DNAT by kube-proxy (emulated per pod), PVC provisioning by local-path (podman named volumes)',
   'Secret volumes (podman 4.3 crashes on them; mounted as ConfigMap volumes of the same pod)',
-  'the kubelet ..data ConfigMap update (podman copies ConfigMaps once; reload.test.ts covers the swap)',
+  'the kubelet performing ConfigMap updates (the test performs the kubelet\'s ..data swap itself on the engine\'s podman volume; the router\'s reload is covered by reload.test.ts)',
   'readiness gating of traffic (podman runs probes only on demand here: no systemd timers); the probe commands are run and asserted',
   'the linux/arm64 image (built and run only for this machine\'s architecture)',
 ]
@@ -156,6 +157,7 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-gateway-channels' }, stringData: { 'webhook-secret': SECRETS.webhookSecret } },
     { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-control' }, stringData: { 'engine-token': SECRETS.engineToken, 'gateway-token': SECRETS.gatewayToken } },
   )
+  t.comment('podman translation: the engine policy volume is laid out as the kubelet does (..data symlink) so a live update can be tested')
   t.comment('test configuration: router -> fake provider, engine allows allowed.test and denies denied.test, gateway webhook channel "hook", agent = test/deploy/fixtures/agent.mjs')
 
   // ---- play -----------------------------------------------------------------------------------
@@ -174,7 +176,17 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     return `cordon-${comp}-pod-0`
   }
   const t0 = Date.now()
-  for (const c of ['router', 'engine', 'gateway']) play(c)
+  play('router')
+  play('engine', false)
+  // Give the engine's policy volume the kubelet's ConfigMap layout (podman copies files flat):
+  // DIR/..<timestamp>/policy.yaml, DIR/..data -> it, DIR/policy.yaml -> ..data/policy.yaml.
+  const engineVol = podman('volume', 'inspect', 'cordon-engine-policy', '--format', '{{.Mountpoint}}')
+  const engineCm = new AtomicWriterDir(engineVol)
+  const policyText = readFileSync(path.join(engineVol, 'policy.yaml'), 'utf8')
+  rmSync(path.join(engineVol, 'policy.yaml'))
+  engineCm.write({ 'policy.yaml': policyText })
+  podman('pod', 'start', 'cordon-engine-pod-0')
+  play('gateway')
   const ip: Record<string, string> = {}
   for (const c of ['router', 'engine', 'gateway']) ip[c] = podIp(`cordon-${c}-pod-0`, NET)
   // kube-proxy emulation: ClusterIP:port -> podIP:targetPort in a client pod's namespace
@@ -298,6 +310,14 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     throw new Error(`no reply to ${id} within 45 s; replies so far: ${JSON.stringify(replies).slice(0, 500)}\n${dumpLogs()}`)
   }
 
+  const probeArgs = () => ({
+    providerHost: GW, providerPort,
+    routerHost: ip.router, routerControlPort: 9090,
+    internetHost: GW, internetPort,
+    allowedUrl: `http://allowed.test:${internetPort}/`,
+    deniedUrl: `http://denied.test:${internetPort}/`,
+  })
+
   await t.test('a channel message reaches the agent; inference goes through the router with the real key; the reply comes back', async (t) => {
     const before = provider.requests.length
     const r = await send('ask: what is the answer?')
@@ -311,13 +331,7 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
   })
 
   await t.test('from inside the sandbox: egress through the engine allowed and denied; Landlock, seccomp, no direct route', async (t) => {
-    const r = await send('probe:' + JSON.stringify({
-      providerHost: GW, providerPort,
-      routerHost: ip.router, routerControlPort: 9090,
-      internetHost: GW, internetPort,
-      allowedUrl: `http://allowed.test:${internetPort}/`,
-      deniedUrl: `http://denied.test:${internetPort}/`,
-    }))
+    const r = await send('probe:' + JSON.stringify(probeArgs()))
     let p: any
     try { p = JSON.parse(r.text) } catch { t.fail(`the agent's probe reply is not JSON: ${r.text}\n${dumpLogs()}`); return }
     t.comment(`probe result: ${JSON.stringify({ ...p, env: Object.keys(p.env) })}`)
@@ -352,6 +366,25 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
     t.notMatch(Object.keys(p.env).join(' '), /KEY|TOKEN|SECRET/i, 'agent env: no credential-named variables')
     t.equal(p.env.HTTP_PROXY, 'http://egress.local:3128', 'agent env: HTTP_PROXY names the egress gate (passed by the policy)')
     t.equal(p.env.CORDON_GATEWAY_URL, 'http://gateway.local', 'agent env: CORDON_GATEWAY_URL')
+  })
+
+  await t.test('a kubelet-style ConfigMap update reaches the running engine (..data swap on its volume)', async (t) => {
+    const show = () => JSON.parse(podman('exec', ctr('engine'), 'node', '-e',
+      "require('http').get({socketPath:'/run/cordon/engine.sock',path:'/v1/policy'},r=>{let b='';r.on('data',c=>b+=c);r.on('end',()=>process.stdout.write(b))})"))
+    const started = podman('inspect', ctr('engine'), '--format', '{{.State.StartedAt}}')
+    const before = show()
+    engineCm.write({ 'policy.yaml': stringify({ version: 1, network: { mode: 'proxy', allow: [`allowed.test:${internetPort}`, `denied.test:${internetPort}`, { cidr: `${GW}/32`, ports: [internetPort] }], deny: [], unlisted: 'deny' } }) })
+    let after = before
+    for (let i = 0; i < 60 && after.hash === before.hash; i++) {
+      await sleep(250)
+      after = show()
+    }
+    t.not(after.hash, before.hash, 'the engine applied the new policy')
+    t.match(JSON.stringify(after.allow), /denied\.test/, 'the new rule is in force')
+    t.equal(podman('inspect', ctr('engine'), '--format', '{{.State.StartedAt}}'), started, 'without a restart')
+    const r = await send('probe:' + JSON.stringify(probeArgs()))
+    const p = JSON.parse(r.text)
+    t.equal(p.egressDenied.status, 200, 'the sandbox now reaches denied.test through the gate')
   })
 
   await t.test('no secret anywhere in the sandbox container; the same scan finds them in their own pods', async (t) => {
