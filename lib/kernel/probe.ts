@@ -3,11 +3,14 @@
  * feeds compilePlan(); doctor() adds a richer, human-oriented report (it may run the helper).
  */
 import { readFileSync, existsSync } from 'node:fs'
-import { spawnSync } from 'node:child_process'
+import { createRequire } from 'node:module'
 import { release } from 'node:os'
 import type { Arch, KernelFeatures } from '../policy/plan.js'
 import { addon, helperPath } from './addon.js'
 import { FS, NET, SCOPE, INTRODUCED_IN, fsRightsAt, netRightsAt, scopesAt, rightNames } from './abi.js'
+
+/** node:child_process loaded on first use (~7 ms CPU; the confined image after a re-exec never needs it). */
+const childProcess = () => createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process')
 
 function readText(p: string): string | null {
   try {
@@ -96,7 +99,7 @@ export function doctor(): DoctorReport {
   try {
     helper = helperPath()
     if (features.networkNamespaces) {
-      const r = spawnSync(helper, ['--netns', 'new', '--', '/bin/true'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 5000 })
+      const r = childProcess().spawnSync(helper, ['--netns', 'new', '--', '/bin/true'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 5000 })
       netOk = r.status === 0
       if (!netOk) notes.push(`network namespace test failed: ${String(r.stderr ?? '').trim() || 'exit ' + r.status}`)
     }
