@@ -7,7 +7,9 @@
  * undici keep-alive pool) measures:
  *   - latency p50/p99 direct vs through the router vs through portkey, at 1 and 200 concurrent
  *     clients, and the added latency (proxy minus direct) and its ratio to portkey's;
- *   - requests per second at 200 concurrent clients (non-streamed);
+ *   - requests per second at 200 concurrent clients (non-streamed), and CPU per request of each
+ *     proxy, also against a bare Node proxy ("floor": node:http + undici, no logic), the least any
+ *     Node proxy costs on this machine;
  *   - streaming time to first byte direct vs router.
  * Goals (issue 4): added p50 < 0.5 ms, added p99 < 2 ms, >= 5,000 non-streamed req/s on one core.
  * The box is shared: the load average is printed, and numbers from a loaded machine are noisy.
@@ -45,6 +47,32 @@ if (role === 'fake') {
   const r = await PrivacyRouter.start({ config: cfg, listen: ['127.0.0.1:0'], keys, audit: join(dir, 'audit.jsonl'), state: join(dir, 'state'), logLevel: 'warn', watch: false })
   const a = r.addresses()[0]!
   process.stdout.write(JSON.stringify({ port: Number(a.slice(a.lastIndexOf(':') + 1)) }) + '\n')
+} else if (role === 'floor') {
+  // the least any Node proxy does: read the body, forward it with undici, send the answer back
+  const http = await import('node:http')
+  const up = new Pool(`http://127.0.0.1:${process.argv[3]}`, { connections: 1024 })
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      up.request({ method: 'POST', path: req.url!, headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` }, body: Buffer.concat(chunks) }).then(
+        (r) => {
+          const out: Buffer[] = []
+          r.body.on('data', (c: Buffer) => out.push(c))
+          r.body.on('end', () => {
+            const b = Buffer.concat(out)
+            res.writeHead(r.statusCode, { 'content-type': 'application/json', 'content-length': b.length })
+            res.end(b)
+          })
+        },
+        () => {
+          res.writeHead(502)
+          res.end()
+        },
+      )
+    })
+  })
+  server.listen(0, '127.0.0.1', () => process.stdout.write(JSON.stringify({ port: (server.address() as { port: number }).port }) + '\n'))
 } else {
   await main()
 }
@@ -159,6 +187,8 @@ async function main(): Promise<void> {
     }
     const router = await startChild(process.execPath, [...tsxArgs, 'router', String(fake.port), dir], portOf)
     children.push(router.child)
+    const floor = await startChild(process.execPath, [...tsxArgs, 'floor', String(fake.port)], portOf)
+    children.push(floor.child)
     const require = createRequire(import.meta.url)
     const pkMain = join(dirname(require.resolve('@portkey-ai/gateway/package.json')), 'build/start-server.js')
     const pkPort = 20000 + Math.floor(Math.random() * 20000)
@@ -173,11 +203,12 @@ async function main(): Promise<void> {
 
     const direct = { port: fake.port, headers: { authorization: `Bearer ${KEY}` } }
     const viaRouter = { port: router.port, headers: { authorization: 'Bearer dummy' } }
+    const viaFloor = { port: floor.port, headers: {} }
     const viaPortkey = portkey ? { port: portkey.port, headers: { authorization: `Bearer ${KEY}`, 'x-portkey-provider': 'openai', 'x-portkey-custom-host': `http://127.0.0.1:${fake.port}/v1` } } : null
 
     console.log(`cordon router benchmark — node ${process.version}, ${ncpu} CPUs, proxies ${hasTaskset && ncpu > 1 ? `pinned to CPU ${ncpu - 1} for the c=200 runs` : 'not pinned'}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
     // warm-up (JIT, connection pools)
-    for (const s of [direct, viaRouter, viaPortkey]) if (s) await load(s.port, s.headers, 50, 3000)
+    for (const s of [direct, viaFloor, viaRouter, viaPortkey]) if (s) await load(s.port, s.headers, 50, 3000)
 
     const rows: Array<[string, string, Result]> = []
     const cpu = new Map<string, number>()
@@ -187,11 +218,12 @@ async function main(): Promise<void> {
     ] as const) {
       for (const [name, s] of [
         ['direct', direct],
+        ['floor', viaFloor],
         ['router', viaRouter],
         ['portkey', viaPortkey],
       ] as const) {
         if (!s) continue
-        const proc = name === 'router' ? router.child : name === 'portkey' ? portkey?.child : null
+        const proc = name === 'router' ? router.child : name === 'portkey' ? portkey?.child : name === 'floor' ? floor.child : null
         pin(proc?.pid, conc === 200)
         const c0 = cpuSeconds(proc?.pid)
         const f0 = cpuSeconds(fake.child.pid)
@@ -228,7 +260,7 @@ async function main(): Promise<void> {
     console.log(`\nthroughput at c=200: direct ${d200.rps.toFixed(0)} req/s, router ${r200.rps.toFixed(0)} req/s (${(r200.rps / d200.rps).toFixed(2)}x direct)${p200 ? `, portkey ${p200.rps.toFixed(0)} req/s (router/portkey ${(r200.rps / p200.rps).toFixed(2)}x)` : ''}`)
     const rCpu = cpu.get('router')!
     const capacity = 1e6 / rCpu
-    console.log(`CPU per request at c=200 (utime+stime from /proc): router ${rCpu.toFixed(0)} us => ${capacity.toFixed(0)} req/s per core${cpu.has('portkey') ? `; portkey ${cpu.get('portkey')!.toFixed(0)} us (${(cpu.get('portkey')! / rCpu).toFixed(1)}x the router's)` : ''}; the fake provider ${cpu.get('direct')!.toFixed(0)} us`)
+    console.log(`CPU per request at c=200 (utime+stime from /proc): router ${rCpu.toFixed(0)} us => ${capacity.toFixed(0)} req/s per core; a bare Node proxy (floor) ${cpu.get('floor')!.toFixed(0)} us (router/floor ${(rCpu / cpu.get('floor')!).toFixed(2)}x)${cpu.has('portkey') ? `; portkey ${cpu.get('portkey')!.toFixed(0)} us (${(cpu.get('portkey')! / rCpu).toFixed(1)}x the router's)` : ''}; the fake provider ${cpu.get('direct')!.toFixed(0)} us`)
     goals.push(`router ${r200.rps.toFixed(0)} req/s measured at c=200, ${capacity.toFixed(0)} req/s per core from its CPU cost (goal >= 5000): ${Math.max(r200.rps, capacity) >= 5000 ? 'MET' : 'NOT MET'}${r200.rps < 5000 ? ` (measured throughput is bounded by the load generator and fake provider sharing ${ncpu} CPUs, load average ${loadavg()[0]!.toFixed(1)})` : ''}`)
 
     const sd = await load(direct.port, direct.headers, 1, Math.min(500, N1), true)

@@ -10,34 +10,42 @@ import type { Limits, Price } from './config.js'
 
 const WINDOW = 60_000
 
-class Deque<T> {
-  items: T[] = []
-  head = 0
-  get length(): number {
-    return this.items.length - this.head
+/**
+ * A sliding 60 s window kept as per-second buckets (at most 61), so the cost per request and the
+ * size of the state file stay constant however many requests a minute a sandbox makes.
+ */
+class Window {
+  /** [second (ms since epoch / 1000, floored), amount] oldest first */
+  buckets: Array<[number, number]> = []
+  sum = 0
+  add(now: number, n: number): void {
+    const sec = Math.floor(now / 1000)
+    const last = this.buckets[this.buckets.length - 1]
+    if (last && last[0] === sec) last[1] += n
+    else this.buckets.push([sec, n])
+    this.sum += n
   }
-  push(x: T): void {
-    this.items.push(x)
+  prune(now: number): void {
+    // a bucket leaves the window 60 s after its second began (1 s granularity)
+    const cut = Math.floor((now - WINDOW) / 1000)
+    let i = 0
+    while (i < this.buckets.length && this.buckets[i]![0] <= cut) this.sum -= this.buckets[i++]![1]
+    if (i) this.buckets.splice(0, i)
   }
-  peek(): T | undefined {
-    return this.items[this.head]
-  }
-  shift(): void {
-    this.head++
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items = this.items.slice(this.head)
-      this.head = 0
+  /** ms until the sum drops below limit */
+  waitBelow(limit: number, now: number): number {
+    let sum = this.sum
+    for (const [sec, n] of this.buckets) {
+      sum -= n
+      if (sum < limit) return Math.max(0, sec * 1000 + WINDOW - now)
     }
-  }
-  toArray(): T[] {
-    return this.items.slice(this.head)
+    return WINDOW
   }
 }
 
 interface IdentityState {
-  req: Deque<number>
-  tok: Deque<[number, number]>
-  tokSum: number
+  req: Window
+  tok: Window
   spend: { period: string; start: number; usd: number } | null
 }
 
@@ -90,19 +98,15 @@ export class Limiter {
   private state(id: string): IdentityState {
     let s = this.ids.get(id)
     if (!s) {
-      s = { req: new Deque(), tok: new Deque(), tokSum: 0, spend: null }
+      s = { req: new Window(), tok: new Window(), spend: null }
       this.ids.set(id, s)
     }
     return s
   }
 
   private prune(s: IdentityState, now: number): void {
-    const cut = now - WINDOW
-    while (s.req.length && s.req.peek()! <= cut) s.req.shift()
-    while (s.tok.length && s.tok.peek()![0] <= cut) {
-      s.tokSum -= s.tok.peek()![1]
-      s.tok.shift()
-    }
+    s.req.prune(now)
+    s.tok.prune(now)
   }
 
   /** Check the limits and, when allowed, count the request. */
@@ -121,32 +125,21 @@ export class Limiter {
         }
       }
     }
-    if (limits.rpm && s.req.length >= limits.rpm) {
-      const oldest = s.req.items[s.req.head + s.req.length - limits.rpm]!
+    if (limits.rpm && s.req.sum >= limits.rpm) {
       return {
         kind: 'rate_limit',
-        retryAfterS: (oldest + WINDOW - now) / 1000,
+        retryAfterS: s.req.waitBelow(limits.rpm, now) / 1000,
         message: `rate limit for sandbox ${id}: ${limits.rpm} requests per minute; retry after the Retry-After seconds`,
       }
     }
-    if (limits.tpm && s.tokSum >= limits.tpm) {
-      // time until enough token events leave the window to fall under the limit
-      let sum = s.tokSum
-      let wait = WINDOW
-      for (let i = s.tok.head; i < s.tok.items.length; i++) {
-        sum -= s.tok.items[i]![1]
-        if (sum < limits.tpm) {
-          wait = s.tok.items[i]![0] + WINDOW - now
-          break
-        }
-      }
+    if (limits.tpm && s.tok.sum >= limits.tpm) {
       return {
         kind: 'rate_limit',
-        retryAfterS: wait / 1000,
-        message: `token rate limit for sandbox ${id}: ${s.tokSum} of ${limits.tpm} tokens used in the last minute; retry after the Retry-After seconds`,
+        retryAfterS: s.tok.waitBelow(limits.tpm, now) / 1000,
+        message: `token rate limit for sandbox ${id}: ${s.tok.sum} of ${limits.tpm} tokens used in the last minute; retry after the Retry-After seconds`,
       }
     }
-    s.req.push(now)
+    s.req.add(now, 1)
     this.dirty = true
     return null
   }
@@ -156,10 +149,7 @@ export class Limiter {
     if (!limits.tpm && !limits.spend) return
     const now = this.now()
     const s = this.state(id)
-    if (tokens > 0) {
-      s.tok.push([now, tokens])
-      s.tokSum += tokens
-    }
+    if (tokens > 0) s.tok.add(now, tokens)
     if (limits.spend && usd > 0) {
       const p = periodStart(limits.spend.period, now)
       if (!s.spend || s.spend.start !== p.start || s.spend.period !== limits.spend.period) s.spend = { period: limits.spend.period, start: p.start, usd: 0 }
@@ -173,7 +163,7 @@ export class Limiter {
     const out: Record<string, { rpmUsed: number; tpmUsed: number; spendUsd: number; spendPeriod: string | null }> = {}
     for (const [id, s] of this.ids) {
       this.prune(s, now)
-      out[id] = { rpmUsed: s.req.length, tpmUsed: s.tokSum, spendUsd: s.spend?.usd ?? 0, spendPeriod: s.spend?.period ?? null }
+      out[id] = { rpmUsed: s.req.sum, tpmUsed: s.tok.sum, spendUsd: s.spend?.usd ?? 0, spendPeriod: s.spend?.period ?? null }
     }
     return out
   }
@@ -185,11 +175,11 @@ export class Limiter {
     const data: Record<string, unknown> = {}
     for (const [id, s] of this.ids) {
       this.prune(s, now)
-      data[id] = { req: s.req.toArray(), tok: s.tok.toArray(), spend: s.spend }
+      data[id] = { req: s.req.buckets, tok: s.tok.buckets, spend: s.spend }
     }
     const tmp = `${this.stateFile}.tmp`
     try {
-      writeFileSync(tmp, JSON.stringify({ version: 1, savedAt: now, identities: data }), { mode: 0o600 })
+      writeFileSync(tmp, JSON.stringify({ version: 2, savedAt: now, identities: data }), { mode: 0o600 })
       renameSync(tmp, this.stateFile)
     } catch {
       this.dirty = true
@@ -198,22 +188,27 @@ export class Limiter {
 
   private restore(): void {
     if (!this.stateFile) return
-    let data: { version: number; identities: Record<string, { req?: number[]; tok?: Array<[number, number]>; spend?: IdentityState['spend'] }> }
+    let data: { version: number; identities: Record<string, { req?: Array<[number, number]>; tok?: Array<[number, number]>; spend?: IdentityState['spend'] }> }
     try {
       data = JSON.parse(readFileSync(this.stateFile, 'utf8'))
     } catch {
       return
     }
-    if (data?.version !== 1 || typeof data.identities !== 'object') return
+    if (data?.version !== 2 || typeof data.identities !== 'object') return
     const now = this.now()
     for (const [id, v] of Object.entries(data.identities)) {
       const s = this.state(id)
-      for (const t of v.req ?? []) if (typeof t === 'number' && t > now - WINDOW) s.req.push(t)
-      for (const e of v.tok ?? []) {
-        if (Array.isArray(e) && e[0] > now - WINDOW) {
-          s.tok.push([e[0], e[1]])
-          s.tokSum += e[1]
+      for (const [w, saved] of [
+        [s.req, v.req],
+        [s.tok, v.tok],
+      ] as const) {
+        for (const b of saved ?? []) {
+          if (Array.isArray(b) && typeof b[0] === 'number' && typeof b[1] === 'number') {
+            w.buckets.push([b[0], b[1]])
+            w.sum += b[1]
+          }
         }
+        w.prune(now)
       }
       if (v.spend && typeof v.spend.usd === 'number') s.spend = v.spend
     }

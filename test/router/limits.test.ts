@@ -97,3 +97,29 @@ t.test('counters survive a restart (--state)', async (t) => {
   const s = await unixPost(`${h.dir}/spend.sock`, '/v1/chat/completions', req)
   t.equal(s.status, 429, 'spend-box still over budget after restart')
 })
+
+t.test('limiter windows with a fake clock: sliding minute, Retry-After, period reset', async (t) => {
+  const { Limiter } = await import('../../lib/router/limits.js')
+  let now = Date.UTC(2026, 0, 5, 12, 0, 0, 500)
+  const l = new Limiter(null, () => now)
+  const lim = { rpm: 2, tpm: 100, spend: { usd: 1, period: 'hour' as const } }
+  t.equal(l.admit('a', lim), null)
+  now += 10_000
+  t.equal(l.admit('a', lim), null)
+  const r = l.admit('a', lim)!
+  t.equal(r.kind, 'rate_limit')
+  t.ok(r.retryAfterS > 49 && r.retryAfterS <= 50, `first request leaves the window in ~50 s (${r.retryAfterS})`)
+  now += 50_000
+  t.equal(l.admit('a', lim), null, 'the oldest request left the window')
+  l.record('a', lim, 150, 0.5)
+  now += 1000
+  const tr = l.admit('a', { tpm: 100 })!
+  t.match(tr.message, /150 of 100 tokens/)
+  l.record('a', lim, 0, 0.6)
+  now += 60_000
+  const sr = l.admit('a', lim)!
+  t.equal(sr.kind, 'budget', '$1.10 of $1 this hour')
+  now = Date.UTC(2026, 0, 5, 13, 0, 1)
+  t.equal(l.admit('a', lim), null, 'a new hour starts a new budget')
+  t.equal(l.admit('b', lim), null, 'another sandbox has its own counters')
+})
