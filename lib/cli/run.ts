@@ -25,8 +25,11 @@ export async function runCommand(cmd: string, args: string[], o: RunOpts): Promi
   const workspace = resolve(o.workspace ?? process.cwd())
   const policy = loadPolicy(policyInput(o), { workspace, cwd: process.cwd() })
   const features = probe()
-  if (policy.network.mode !== 'proxy') {
-    const plan = compilePlan(policy, features, { env: process.env })
+  if (policy.network.mode !== 'proxy' || policy.network.namespace === 'current') {
+    // none / host, or a pod's own namespace (confined by the cluster; Landlock limits TCP connect
+    // to network.connect and the gate port)
+    const gatePorts = policy.network.mode === 'proxy' && o.gatePort !== undefined ? [Number(o.gatePort)] : []
+    const plan = compilePlan(policy, features, { env: process.env, gatePorts })
     for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
     return runPlan(plan, cmd, args, { cwd: process.cwd() })
   }

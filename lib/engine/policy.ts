@@ -150,7 +150,7 @@ export function compileNetworkPolicy(text: string, file: string, presetDir = def
     at(netNode as YNode, 'network: expected none, host or a mapping (mode, presets, allow, deny, unlisted, bind)')
     throw new PolicyLoadError(problems)
   }
-  const known = new Set(['mode', 'presets', 'allow', 'deny', 'unlisted', 'bind'])
+  const known = new Set(['mode', 'presets', 'allow', 'deny', 'unlisted', 'bind', 'connect', 'namespace'])
   for (const pair of netNode.items) {
     const k = isScalar(pair.key) ? String(pair.key.value) : String(pair.key)
     if (!known.has(k)) at(pair.key as YNode, `network: unknown key "${k}" (expected ${[...known].join(', ')})`)

@@ -178,6 +178,8 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
       handledNet = netRightsAt(abi)
       for (const port of [...new Set(opts.gatePorts ?? [])].sort((a, b) => a - b))
         ports.push({ port, access: NET.connect_tcp, origin: 'network (egress gate / router)' })
+      for (const port of [...new Set(policy.network.connect)].sort((a, b) => a - b))
+        if (!(opts.gatePorts ?? []).includes(port)) ports.push({ port, access: NET.connect_tcp, origin: 'network.connect' })
       for (const port of [...new Set(policy.network.bind)].sort((a, b) => a - b))
         ports.push({ port, access: NET.bind_tcp, origin: 'network.bind' })
     }
@@ -257,7 +259,8 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     abi,
     landlock,
     seccomp,
-    network: policy.network.mode === 'host' ? { mode: 'host' } : { mode: 'none' },
+    network: policy.network.mode === 'host' || (policy.network.mode === 'proxy' && policy.network.namespace === 'current')
+      ? { mode: 'host' } : { mode: 'none' },
     privateTmp,
     mkdirs,
     env: sortedEnv,

@@ -116,12 +116,17 @@ export function explainPlan(plan: Plan, policy: ResolvedPolicy): string {
       break
     case 'proxy': {
       const n = policy.network
-      say('  proxy: a network namespace whose only way out is the egress gate of the policy engine.')
+      if (n.namespace === 'current') {
+        say("  proxy, namespace: current: no namespace of its own; the sandbox stays in the network namespace cordon")
+        say('  runs in (a Kubernetes pod), which something else must confine (NetworkPolicy). Landlock limits TCP')
+        say('  connect() to the gate and network.connect ports where the kernel has ABI >= 4; UDP is not limited.')
+      } else say('  proxy: a network namespace whose only way out is the egress gate of the policy engine.')
+      if (n.connect.length) say(`  also connect to TCP ports: ${n.connect.join(', ')}`)
       say(`  presets: ${n.presets.length ? n.presets.join(', ') : '(none)'}`)
       say(`  allow: ${n.allow.length ? n.allow.map((r) => JSON.stringify(r)).join(', ') : '(none)'}`)
       say(`  deny (wins over allow): ${n.deny.length ? n.deny.map((r) => JSON.stringify(r)).join(', ') : '(none)'}`)
       say(`  anything else: ${n.unlisted === 'ask' ? 'held for an operator to approve or deny' : 'denied'}`)
-      if (plan.network.mode === 'none') say('  (this build confines the namespace to loopback; the engine wiring joins the gate)')
+      if (plan.network.mode === 'none') say('  (`cordon run` and `cordon up` join the namespace to the gate when they start the sandbox)')
       break
     }
   }

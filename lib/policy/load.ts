@@ -485,6 +485,8 @@ function resolve(m: Record<string, unknown>, layers: Layer[], top: Layer, opts: 
       deny: (net.deny ?? []) as NetRule[],
       unlisted: (net.unlisted ?? 'deny') as 'ask' | 'deny',
       bind: (net.bind ?? []) as number[],
+      connect: (net.connect ?? []) as number[],
+      namespace: (net.namespace ?? 'new') as 'new' | 'current',
     }
   } else network = { mode: 'none' }
 

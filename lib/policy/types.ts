@@ -37,6 +37,10 @@ export type NetworkPolicy =
       unlisted: 'ask' | 'deny'
       /** TCP ports the sandbox may bind (Landlock bind_tcp rules at ABI >= 4) */
       bind: number[]
+      /** TCP ports the sandbox may connect to besides the gate's (Landlock connect_tcp at ABI >= 4) */
+      connect: number[]
+      /** new: a namespace whose only route is the gate; current: the one cordon runs in (a pod's) */
+      namespace: 'new' | 'current' 
     }
 
 export type RlimitValue = number | 'unlimited' | { soft: number | 'unlimited'; hard: number | 'unlimited' }

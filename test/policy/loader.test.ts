@@ -150,11 +150,13 @@ t.test('network proxy section is passed through for the policy engine', async (t
   ].join('\n'))
   const p = loadPolicy(f, { workspace: ws })
   t.same(p.network, {
-    mode: 'proxy', presets: [], unlisted: 'ask', bind: [8080], deny: ['evil.example.com'],
+    mode: 'proxy', presets: [], unlisted: 'ask', bind: [8080], connect: [], namespace: 'new', deny: ['evil.example.com'],
     allow: ['api.example.com', '*.github.com:443', { cidr: '10.0.0.0/8', ports: [5432] }, { host: 'example.org', methods: ['GET'], paths: ['/v1/'] }],
   })
   const d = loadPolicy({ network: { mode: 'proxy' } }, { workspace: ws })
-  t.same(d.network, { mode: 'proxy', presets: [], allow: [], deny: [], unlisted: 'deny', bind: [] }, 'defaults: unlisted deny')
+  t.same(d.network, { mode: 'proxy', presets: [], allow: [], deny: [], unlisted: 'deny', bind: [], connect: [], namespace: 'new' }, 'defaults: unlisted deny, a namespace of its own')
+  const bad = errorOf(() => loadPolicy(write('ns.yaml', 'version: 1\nnetwork:\n  mode: proxy\n  namespace: pod\n'), { workspace: ws }))
+  t.match(bad.message, /ns\.yaml:4: network\.namespace/, 'an unknown namespace value is an error at its line')
 })
 
 t.test('the shipped agent profile and schema', async (t) => {
