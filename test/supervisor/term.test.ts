@@ -11,6 +11,11 @@ import type { LogEntry } from '../../lib/supervisor/logs.js'
 
 const h = React.createElement
 const tick = (ms = 120) => new Promise((r) => setTimeout(r, ms))
+/** Wait until cond() holds (Ink renders asynchronously; a fixed sleep is flaky on a loaded box). */
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond() && Date.now() < end) await tick(20)
+}
 
 function fakeStore(state: Partial<TermState>) {
   const calls: string[] = []
@@ -66,27 +71,28 @@ t.test('keys: a approves for the session, A asks then persists, d denies', async
   await tick(400) // Ink attaches its stdin listener after the first render
   t.match(app.lastFrame()!, /› p1\s+pypi\.org:443\s+\/usr\/bin\/pip \(pid 7\)/)
   app.stdin.write('a')
-  await tick()
+  await until(() => calls.length >= 1)
   t.same(calls, ['approve p1 false'])
   app.stdin.write('j') // select p2
-  await tick()
+  await until(() => /› p2\s+evil\.example/.test(app.lastFrame()!))
   t.match(app.lastFrame()!, /› p2\s+evil\.example/)
   app.stdin.write('d')
-  await tick()
+  await until(() => calls.length >= 2)
   t.same(calls.at(-1), 'deny p2')
   app.stdin.write('k')
-  await tick()
+  await until(() => /› p1\s+pypi\.org/.test(app.lastFrame()!))
   app.stdin.write('A')
-  await tick()
+  await until(() => /persist pypi\.org:443\? y\/n/.test(app.lastFrame()!))
   t.match(app.lastFrame()!, /persist pypi\.org:443\? y\/n/)
   t.equal(calls.length, 2, 'nothing persisted before the confirmation')
   app.stdin.write('n')
+  await until(() => !/persist pypi\.org:443\? y\/n/.test(app.lastFrame()!))
   await tick()
   t.equal(calls.length, 2, 'n cancels')
   app.stdin.write('A')
-  await tick()
+  await until(() => /persist pypi\.org:443\? y\/n/.test(app.lastFrame()!))
   app.stdin.write('y')
-  await tick()
+  await until(() => calls.length >= 3)
   t.same(calls.at(-1), 'approve p1 true')
   app.unmount()
 })

@@ -6,7 +6,7 @@
  *   health -> cordon status                      logs -> cordon logs [--grep]
  *   channels -> cordon gateway status
  */
-import React, { useEffect, useState } from 'react'
+import React, { useEffect, useRef, useState } from 'react'
 import { Box, Text, useApp, useInput, useStdout } from 'ink'
 import type { EventEmitter } from 'node:events'
 import type { LogEntry } from '../logs.js'
@@ -197,8 +197,14 @@ export function App({ store, rows: rowsProp }: { store: Store; rows?: number }) 
   const pending = state.pending
   const selected = Math.min(sel, Math.max(0, pending.length - 1))
   const cur = pending[selected]
+  // The key handler reads the values of the latest render through a ref: Ink re-registers the
+  // handler in an effect, after the frame is drawn, so a key pressed right after a frame would
+  // otherwise act on the previous selection (approve or deny the wrong request).
+  const live = useRef({ help, editing, confirm, pending, cur })
+  live.current = { help, editing, confirm, pending, cur }
 
   useInput((input, key) => {
+    const { help, editing, confirm, pending, cur } = live.current
     if (help) {
       setHelp(false)
       return
