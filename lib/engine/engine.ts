@@ -163,6 +163,20 @@ function newId(prefix = ''): string {
   return `${prefix}${ID_PREFIX}${(idCounter++).toString(36)}`
 }
 
+/**
+ * The agent's correlation label (`x-cordon-request-id`, set by lib/agent from the gateway
+ * message it is working on). Logged as `request_id` in the decision record so `cordon logs` can
+ * tie an egress decision to a chat message and the router's records. It is NOT trusted for
+ * anything: the sandbox chooses it freely, no decision reads it, and it is forwarded upstream
+ * untouched like any other end-to-end header. Only a well-formed value is logged (bounded
+ * length and charset, so it cannot forge or bloat audit lines); anything else is left out.
+ */
+const REQUEST_ID_RE = /^[A-Za-z0-9._:@-]{1,128}$/
+function requestIdOf(req: http.IncomingMessage): string | null {
+  const v = req.headers['x-cordon-request-id']
+  return typeof v === 'string' && REQUEST_ID_RE.test(v) ? v : null
+}
+
 function splitHostPort(s: string): HostPort | null {
   const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:]+):(\d{1,5})$/.exec(s)
   if (!m) return null
@@ -744,7 +758,7 @@ export class Engine {
   }
 
   /** Decide, audit (durably, before it takes effect), and return the outcome. */
-  async decide(t: Target, conn: ConnState, via: string): Promise<Outcome> {
+  async decide(t: Target, conn: ConnState, via: string, requestId: string | null = null): Promise<Outcome> {
     const id = newId('d')
     const gen = this.generation
     let out: Outcome
@@ -827,6 +841,7 @@ export class Engine {
       reason: out.reason,
     }
     if (out.pendingId) rec.pending_id = out.pendingId
+    if (requestId) rec.request_id = requestId // correlation label only (see requestIdOf)
     this.mDecisions.inc({ decision: out.action, via })
     const key = `${out.action}|${out.rule}|${out.address}`
     const ck = `${t.host}|${t.port}`
@@ -953,7 +968,7 @@ export class Engine {
       path: normalizePath(url.pathname),
       tunnel: false,
     }
-    const o = await this.decide(t, conn, 'http')
+    const o = await this.decide(t, conn, 'http', requestIdOf(req))
     if (o.action === 'deny') {
       req.resume()
       this.sendDeny(res, t, o)
@@ -1070,7 +1085,8 @@ export class Engine {
       }
       head = Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n\r\n'), head])
     }
-    const o = await this.decide(t, conn, via)
+    // CONNECT: the CONNECT request's own headers (the tunnelled requests inside are opaque)
+    const o = await this.decide(t, conn, via, requestIdOf(req))
     if (o.action === 'deny') {
       this.rawDeny(sock, t, o)
       return
