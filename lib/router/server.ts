@@ -135,6 +135,7 @@ export class PrivacyRouter {
     this.metrics = new RouterMetrics(opts.defaultMetrics ?? true)
     this.limiter = new Limiter(opts.state ?? null)
     this.audit = new AuditLog(opts.audit ?? null, this.redactor, opts.auditDestination)
+    this.audit.onError = (e) => this.log.error({ err: e.message }, 'audit write failed: the record of this call may be lost')
   }
 
   /** Load the config (throws ConfigError with file:line problems), open the listeners. */
@@ -380,6 +381,14 @@ export class PrivacyRouter {
       total_ms: 0,
       fallback: [],
     }
+    // the response is not finished (end) before the call's audit record is durable: end() is
+    // held here and released by the audit commit in the finally block below
+    const realEnd = res.end
+    let heldEnd: unknown[] | null = null
+    res.end = function (this: http.ServerResponse, ...args: unknown[]) {
+      heldEnd = args
+      return this
+    } as typeof res.end
     this.inflight++
     this.metrics.inflight.inc()
     try {
@@ -447,7 +456,11 @@ export class PrivacyRouter {
       m.requests.inc()
       m.duration.observe(total / 1000)
       if (rec.ttfb_ms !== null) m.ttfb.observe(rec.ttfb_ms / 1000)
-      this.audit.write(rec)
+      this.audit.commit(rec, () => {
+        res.end = realEnd
+        if (heldEnd) (realEnd as (...a: unknown[]) => unknown).apply(res, heldEnd)
+        else if (!res.writableEnded) (realEnd as () => unknown).call(res)
+      })
     }
   }
 
@@ -809,7 +822,7 @@ export class PrivacyRouter {
     await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => {})))
     this.pools.clear()
     this.limiter.close()
-    this.audit.close()
+    await this.audit.close()
   }
 }
 
