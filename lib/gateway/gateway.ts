@@ -17,6 +17,7 @@ import { resolveSecret, type ChannelConfig, type GatewayConfig } from './config.
 import { HttpError, bearerOk, parseHostPort, readBody, sendJson } from './http.js'
 import { Inbox, Outbox } from './queue.js'
 import { errorText, redact, redactValue } from './redact.js'
+import { REQUEST_ID_HEADER, requestIdFor, requestIdHeader } from './requestid.js'
 import { splitText, LIMITS } from './text.js'
 import type { Incoming, OutboundReply, Route, StoredInbound } from './types.js'
 import { SendError, backoff, sleep, type ChannelAdapter, type ChannelContext, type ChannelState } from './channels/types.js'
@@ -225,10 +226,11 @@ export class Gateway {
   private async receive(rt: ChannelRuntime, ev: Incoming): Promise<void> {
     const c = rt.config
     const id = messageId(rt.name, ev.nativeId)
+    const requestId = requestIdFor(id)
     const conversation = `${rt.name}:${ev.chat}`
     const size = Buffer.byteLength(ev.text)
     const route: Route = { chat: ev.chat, ...(ev.thread ? { thread: ev.thread } : {}), ...(ev.message ? { message: ev.message } : {}) }
-    const base = { channel: rt.name, sender: ev.sender.id, conversation, size, message: id, text: ev.text }
+    const base = { channel: rt.name, sender: ev.sender.id, conversation, size, message: id, request_id: requestId, text: ev.text }
     if (this.inbox.seen(id)) {
       this.audit.write('inbound', { ...base, outcome: 'duplicate' })
       return
@@ -274,6 +276,7 @@ export class Gateway {
     const stored: StoredInbound = {
       msg: {
         id,
+        request_id: requestId,
         channel: rt.name,
         conversation,
         sender: ev.sender,
@@ -363,8 +366,8 @@ export class Gateway {
         const se = e instanceof SendError ? e : new SendError(errorText(e), false)
         if (se.retryAfterMs !== undefined) {
           shared.pauseUntil = Math.max(shared.pauseUntil, Date.now() + se.retryAfterMs)
-          this.log.warn({ channel: rt.name, reply: p.r.id, retry_after_ms: se.retryAfterMs }, `${rt.name}: channel rate limit (429); waiting ${Math.ceil(se.retryAfterMs / 1000)}s as retry_after asks`)
-          this.audit.write('reply', { channel: rt.name, reply: p.r.id, conversation: p.r.conversation, outcome: 'rate-limited', retry_after_ms: se.retryAfterMs })
+          this.log.warn({ channel: rt.name, reply: p.r.id, request_id: p.r.request_id, retry_after_ms: se.retryAfterMs }, `${rt.name}: channel rate limit (429); waiting ${Math.ceil(se.retryAfterMs / 1000)}s as retry_after asks`)
+          this.audit.write('reply', { channel: rt.name, reply: p.r.id, request_id: p.r.request_id, conversation: p.r.conversation, outcome: 'rate-limited', retry_after_ms: se.retryAfterMs })
           n--
           continue
         }
@@ -375,19 +378,19 @@ export class Gateway {
         shared.failures++
         const wait = backoff(shared.failures, 500, 60000)
         this.setState(rt, shared.failures >= 5 ? 'unhealthy' : 'degraded', `send failed: ${redact(se.message)}`)
-        this.log.warn({ channel: rt.name, reply: p.r.id, failures: shared.failures, retry_in_ms: wait }, `${rt.name}: send failed, will retry: ${redact(se.message)}`)
+        this.log.warn({ channel: rt.name, reply: p.r.id, request_id: p.r.request_id, failures: shared.failures, retry_in_ms: wait }, `${rt.name}: send failed, will retry: ${redact(se.message)}`)
         await sleep(wait, signal)
         return false
       }
     }
     if (failed) {
-      this.log.warn({ channel: rt.name, reply: p.r.id }, `${rt.name}: reply ${p.r.id} dropped: the channel refused it: ${failed}`)
-      this.audit.write('reply', { channel: rt.name, reply: p.r.id, conversation: p.r.conversation, outcome: 'failed', error: failed })
+      this.log.warn({ channel: rt.name, reply: p.r.id, request_id: p.r.request_id }, `${rt.name}: reply ${p.r.id} dropped: the channel refused it: ${failed}`)
+      this.audit.write('reply', { channel: rt.name, reply: p.r.id, request_id: p.r.request_id, conversation: p.r.conversation, outcome: 'failed', error: failed })
       await this.outbox.finish(p.r.id, failed)
       return true
     }
     rt.sent++
-    this.audit.write('reply', { channel: rt.name, reply: p.r.id, conversation: p.r.conversation, in_reply_to: p.r.in_reply_to, parts: parts.length, size: Buffer.byteLength(p.r.text), outcome: 'sent', text: p.r.text })
+    this.audit.write('reply', { channel: rt.name, reply: p.r.id, request_id: p.r.request_id, conversation: p.r.conversation, in_reply_to: p.r.in_reply_to, parts: parts.length, size: Buffer.byteLength(p.r.text), outcome: 'sent', text: p.r.text })
     await this.outbox.finish(p.r.id)
     return true
   }
@@ -463,7 +466,9 @@ export class Gateway {
     if (m && req.method === 'POST') {
       await readBody(req, 4096)
       const id = decode(m[1]!)
+      const request_id = this.inbox.get(id)?.msg.request_id ?? requestIdHeader(req.headers[REQUEST_ID_HEADER])
       const r = await this.inbox.ack(id)
+      this.log.debug({ message: id, request_id, status: r }, `agent acked ${id}: ${r}`)
       if (r === 'unknown') return sendJson(res, 404, { error: `no message ${id} is waiting for an ack` })
       return sendJson(res, 200, { id, status: r })
     }
@@ -484,9 +489,14 @@ export class Gateway {
       // the agent may answer only conversations that have written to it
       if (!conv) return sendJson(res, 404, { error: `unknown conversation ${b.conversation}: replies go only to conversations that sent the agent a message` })
       let route: Route = conv.route
+      // the request id of the message answered; else the agent's header (a label, never trusted)
+      let requestId = requestIdHeader(req.headers[REQUEST_ID_HEADER])
       if (typeof b.in_reply_to === 'string') {
         const orig = this.inbox.routeOf(b.in_reply_to)
-        if (orig && orig.conversation === b.conversation) route = orig.route
+        if (orig && orig.conversation === b.conversation) {
+          route = orig.route
+          requestId = requestIdFor(b.in_reply_to)
+        }
       }
       const reply: OutboundReply = {
         id: b.id,
@@ -494,10 +504,12 @@ export class Gateway {
         channel: conv.channel,
         text: b.text,
         ...(typeof b.in_reply_to === 'string' ? { in_reply_to: b.in_reply_to } : {}),
+        ...(requestId ? { request_id: requestId } : {}),
         route,
         created_at: new Date().toISOString(),
       }
       const r = await this.outbox.put(reply)
+      this.log.debug({ reply: b.id, request_id: requestId, conversation: b.conversation, status: r }, `agent reply ${b.id}: ${r}`)
       return sendJson(res, r === 'queued' ? 202 : 200, { id: b.id, status: r })
     }
     m = /^\/v1\/attachments\/([^/]+)$/.exec(p)
@@ -595,7 +607,8 @@ export class Gateway {
       const chat = typeof b.conversation === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(b.conversation) ? b.conversation : 'operator'
       const nativeId = randomUUID()
       await this.receive(this.channels.get('local')!, { nativeId, chat, message: nativeId, sender: { id: 'operator', name: 'operator' }, text: b.text, isGroup: false, mentioned: true, attachments: [] })
-      return sendJson(res, 202, { id: messageId('local', nativeId), conversation: `local:${chat}`, after: this.local.seq })
+      const id = messageId('local', nativeId)
+      return sendJson(res, 202, { id, request_id: requestIdFor(id), conversation: `local:${chat}`, after: this.local.seq })
     }
     if (req.method === 'GET' && p === '/v1/chat/replies') {
       const after = Number(url.searchParams.get('after') ?? 0) || 0

@@ -11,6 +11,7 @@
 import path from 'node:path'
 import { DurableLog, type LogRecord } from './log.js'
 import type { OutboundReply, Route, StoredInbound } from './types.js'
+import { requestIdFor } from './requestid.js'
 
 /** A set that forgets its oldest members past a cap (dedupe windows). */
 export class RecentSet {
@@ -68,6 +69,7 @@ export class Inbox {
   private apply(r: LogRecord): void {
     if (r.t === 'in') {
       const s = r.s as StoredInbound
+      s.msg.request_id ??= requestIdFor(s.msg.id) // stored by a gateway before request ids
       if (!this.acked.has(s.msg.id)) this.pending.set(s.msg.id, { s, leaseUntil: 0, deliveries: 0 })
       this.noteConversation(s)
     } else if (r.t === 'ack') {
@@ -106,6 +108,7 @@ export class Inbox {
   /** Store durably; resolves after fsync. */
   async put(s: StoredInbound): Promise<'stored' | 'duplicate'> {
     if (this.seen(s.msg.id)) return 'duplicate'
+    s.msg.request_id ??= requestIdFor(s.msg.id)
     this.pending.set(s.msg.id, { s, leaseUntil: 0, deliveries: 0 })
     this.noteConversation(s)
     try {

@@ -34,6 +34,11 @@ export interface Route {
 
 export interface InboundMessage {
   id: string
+  /**
+   * Correlation label for everything this message causes (agent, egress gate, router, reply):
+   * derived from `id` (requestIdFor), so it is the same on every redelivery and after restarts.
+   */
+  request_id: string
   channel: string
   conversation: string
   sender: Sender
@@ -56,6 +61,8 @@ export interface OutboundReply {
   channel: string
   text: string
   in_reply_to?: string
+  /** The request id of the message answered (or the agent's x-cordon-request-id), for the audit. */
+  request_id?: string
   route: Route
   created_at: string
 }

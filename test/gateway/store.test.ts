@@ -1,12 +1,12 @@
 import t from 'tap'
 import { appendFileSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
-import { DurableLog, Inbox, Outbox } from '../../lib/gateway/index.js'
+import { DurableLog, Inbox, Outbox, requestIdFor } from '../../lib/gateway/index.js'
 import type { StoredInbound } from '../../lib/gateway/index.js'
 import { tmpdir } from './helpers.js'
 
 const stored = (id: string, text = 'x'): StoredInbound => ({
-  msg: { id, channel: 'tg', conversation: 'tg:1', sender: { id: '1', name: 'a' }, text, attachments: [], received_at: new Date().toISOString(), is_group: false },
+  msg: { id, request_id: requestIdFor(id), channel: 'tg', conversation: 'tg:1', sender: { id: '1', name: 'a' }, text, attachments: [], received_at: new Date().toISOString(), is_group: false },
   route: { chat: '1', message: id },
   sources: [],
 })
