@@ -12,6 +12,13 @@
  * while handling it means it is delivered again, with the same id and a higher `delivery`).
  * Reply ids are derived from the message id, so answering a redelivered message again does not
  * send the answer twice: the gateway drops the duplicate id.
+ *
+ * Each message carries a `request_id` that follows what the agent does for it through the egress
+ * gate and the router. The client sends it on the message's ack and replies; pass
+ * `requestHeaders(msg)` to your own HTTP calls (the openai/anthropic client's per-request
+ * `headers`, or `defaultHeaders` for a client made per message) so those are labelled too:
+ *
+ *   await openai.chat.completions.create({ model, messages }, { headers: requestHeaders(msg) })
  */
 import { EnvHttpProxyAgent, fetch, type Dispatcher } from 'undici'
 
@@ -31,6 +38,13 @@ export interface AttachmentRef {
 
 export interface MessageData {
   id: string
+  /**
+   * Correlation label for everything done for this message (the same on every redelivery).
+   * Send it as `x-cordon-request-id` (see requestHeaders) on your calls to inference.local and
+   * through the egress gate, so the operator's logs tie them to this message. Gateways older
+   * than request ids leave it out: fall back to `id`.
+   */
+  request_id: string
   conversation: string
   channel: string
   sender: Sender
@@ -75,6 +89,14 @@ export class GatewayError extends Error {
   }
 }
 
+export const REQUEST_ID_HEADER = 'x-cordon-request-id'
+
+/** `{ 'x-cordon-request-id': id }` for a message (or a bare id), to pass as request headers. */
+export function requestHeaders(msg: Pick<MessageData, 'id'> & { request_id?: string } | string): Record<string, string> {
+  const id = typeof msg === 'string' ? msg : msg.request_id || msg.id
+  return { [REQUEST_ID_HEADER]: id }
+}
+
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
     const t = setTimeout(resolve, ms)
@@ -92,11 +114,15 @@ export class GatewayClient {
     this.dispatcher = opts.dispatcher ?? new EnvHttpProxyAgent()
   }
 
-  private async call(method: string, path: string, body?: unknown, signal?: AbortSignal) {
+  private async call(method: string, path: string, body?: unknown, signal?: AbortSignal, requestId?: string) {
     const r = await fetch(this.base + path, {
       method,
       dispatcher: this.dispatcher,
-      headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(this.token ? { authorization: `Bearer ${this.token}` } : {}) },
+      headers: {
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+        ...(requestId ? requestHeaders(requestId) : {}),
+      },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       ...(signal ? { signal } : {}),
     })
@@ -117,15 +143,20 @@ export class GatewayClient {
     return (d.messages as MessageData[]) ?? []
   }
 
-  async ack(id: string): Promise<void> {
-    await this.call('POST', `/v1/messages/${encodeURIComponent(id)}/ack`, {})
+  /** Acknowledge a message; `requestId` (the message's request_id) is sent as x-cordon-request-id. */
+  async ack(id: string, requestId?: string): Promise<void> {
+    await this.call('POST', `/v1/messages/${encodeURIComponent(id)}/ack`, {}, undefined, requestId)
   }
 
-  /** Post a reply. Retries on network errors and 5xx with the same id (the gateway dedupes). */
-  async reply(r: { id: string; conversation: string; text: string; in_reply_to?: string }): Promise<ReplyResult> {
+  /**
+   * Post a reply. Retries on network errors and 5xx with the same id (the gateway dedupes).
+   * `requestId` is sent as x-cordon-request-id (the gateway uses the answered message's own id
+   * when in_reply_to names it).
+   */
+  async reply(r: { id: string; conversation: string; text: string; in_reply_to?: string }, requestId?: string): Promise<ReplyResult> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return (await this.call('POST', '/v1/replies', r)) as unknown as ReplyResult
+        return (await this.call('POST', '/v1/replies', r, undefined, requestId)) as unknown as ReplyResult
       } catch (e) {
         const status = (e as GatewayError).status
         if ((status !== undefined && status < 500) || attempt >= 8) throw e
@@ -155,12 +186,14 @@ export interface Message extends MessageData {
 function wrap(c: GatewayClient, d: MessageData): Message {
   let n = 0
   let acked = false
+  const rid = d.request_id || d.id
   return {
     ...d,
-    reply: (text: string) => c.reply({ id: `${d.id}.r${++n}`, conversation: d.conversation, text, in_reply_to: d.id }),
+    request_id: rid,
+    reply: (text: string) => c.reply({ id: `${d.id}.r${++n}`, conversation: d.conversation, text, in_reply_to: d.id }, rid),
     ack: async () => {
       if (acked) return
-      await c.ack(d.id).catch((e: GatewayError) => {
+      await c.ack(d.id, rid).catch((e: GatewayError) => {
         if (e.status !== 404) throw e // 404: already acked elsewhere / gateway forgot; nothing to do
       })
       acked = true

@@ -5,7 +5,8 @@ import path from 'node:path'
 import { Ajv } from 'ajv'
 import { FakeTelegram } from './fakes/telegram.js'
 import { ROOT, startGateway, waitFor } from './helpers.js'
-import { GatewayClient } from '../../lib/agent/index.js'
+import { GatewayClient, inbox, requestHeaders } from '../../lib/agent/index.js'
+import { requestIdFor } from '../../lib/gateway/index.js'
 
 const TOKEN = '123456:TEST-telegram-token-api'
 const spec = JSON.parse(readFileSync(path.join(ROOT, 'docs/agent-endpoint.openapi.json'), 'utf8'))
@@ -127,4 +128,91 @@ t.test('the client reaches http://gateway.local through HTTP_PROXY (as the egres
   t.same(await c.messages(0), [])
   t.same(await c.messages(0), [])
   t.ok(seen.length >= 1 && seen.every((x) => x === 'CONNECT gateway.local:80' || x === 'GET gateway.local/v1/messages'), `the requests went through the proxy, addressed to gateway.local: ${seen.join(', ')}`)
+})
+
+t.test('request ids: on each message, stable across redelivery and restart, in the audit of the message and its reply', async (t) => {
+  const tg = await FakeTelegram.start(TOKEN)
+  t.teardown(() => tg.close())
+  const cfg = { agent: { visibility_timeout_s: 1 }, channels: [{ name: 'tg', type: 'telegram', token: { env: 'T' }, api_root: tg.apiRoot, poll_timeout_s: 1, allow: [1001] }] }
+  const first = await startGateway(t, cfg, { env: { T: TOKEN } })
+  tg.message({ from: 1001, text: 'trace me' })
+  const c = new GatewayClient({ url: first.gw.agentUrl })
+  const got: Awaited<ReturnType<GatewayClient['messages']>> = []
+  for (let i = 0; i < 20 && !got.length; i++) got.push(...(await c.messages(1)))
+  const m = got[0]!
+  t.match(m.request_id, /^rq-[A-Za-z0-9_-]{22}$/)
+  t.equal(m.request_id, requestIdFor(m.id), 'derived from the message id')
+  t.not(m.request_id, m.id)
+  const again = await c.messages(3) // the lease (1 s) runs out: the same message again
+  t.equal(again[0]?.id, m.id)
+  t.equal(again[0]?.delivery, 2)
+  t.equal(again[0]?.request_id, m.request_id, 'same request id on redelivery')
+  const inbound = first.gw.audit.recent.find((e) => e.event === 'inbound' && e.message === m.id)
+  t.match(inbound, { outcome: 'delivered', request_id: m.request_id }, 'the inbound audit line carries it')
+
+  // restart on the same state: the stored message comes back with the same request id
+  await first.gw.stop()
+  const second = await startGateway(t, cfg, { dir: first.dir, env: { T: TOKEN } })
+  const c2 = new GatewayClient({ url: second.gw.agentUrl })
+  const after = await c2.messages(2)
+  t.equal(after[0]?.id, m.id)
+  t.equal(after[0]?.request_id, m.request_id, 'same request id after a gateway restart')
+
+  // a reply to the message is audited with the message's request id, whatever header comes with it
+  await c2.reply({ id: `${m.id}.r1`, conversation: m.conversation, text: 'answer', in_reply_to: m.id }, 'rq-something-else')
+  // a reply naming no known message: the header is the only label
+  await c2.reply({ id: 'free.r1', conversation: m.conversation, text: 'unprompted' }, 'rq-agent-label')
+  // a malformed header is not logged
+  await c2.reply({ id: 'free.r2', conversation: m.conversation, text: 'unlabelled' }, 'bad label with spaces')
+  await tg.waitSent(3)
+  await waitFor(() => second.gw.audit.recent.filter((e) => e.event === 'reply' && e.outcome === 'sent').length === 3, 10000, 'three replies audited')
+  const byId = (id: string) => second.gw.audit.recent.find((e) => e.event === 'reply' && e.reply === id)
+  t.match(byId(`${m.id}.r1`), { outcome: 'sent', request_id: m.request_id, in_reply_to: m.id })
+  t.match(byId('free.r1'), { outcome: 'sent', request_id: 'rq-agent-label' })
+  t.equal(byId('free.r2')?.request_id, undefined)
+  await c2.ack(m.id, m.request_id)
+  t.ok(validMessage({ ...m, delivery: 1 }), `with request_id the message matches the OpenAPI schema: ${ajv.errorsText(validMessage.errors)}`)
+  const { request_id: _drop, ...withoutRid } = m
+  t.notOk(validMessage(withoutRid), 'request_id is required by the schema')
+})
+
+t.test('the agent client sends x-cordon-request-id on ack and replies; requestHeaders() builds it', async (t) => {
+  const { createServer } = await import('node:http')
+  const calls: { method: string; url: string; rid: string | undefined }[] = []
+  let handed = false
+  const msg = { id: 'tg.m1', request_id: 'rq-fromgateway', conversation: 'tg:1', channel: 'tg', sender: { id: '1', name: 'a' }, text: 'hi', attachments: [], received_at: new Date().toISOString(), is_group: false, delivery: 1 }
+  // a stand-in gateway that records what the client sends
+  const srv = createServer((req, res) => {
+    calls.push({ method: req.method!, url: req.url!, rid: req.headers['x-cordon-request-id'] as string | undefined })
+    req.resume()
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json')
+      if (req.url!.startsWith('/v1/messages?')) {
+        const messages = handed ? [] : [msg]
+        handed = true
+        return void res.end(JSON.stringify({ messages, lease_s: 60 }))
+      }
+      if (req.url === '/v1/replies') return void res.writeHead(202).end(JSON.stringify({ id: 'x', status: 'queued' }))
+      res.end(JSON.stringify({ id: msg.id, status: 'acked' }))
+    })
+  })
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => (srv.close(() => r()), srv.closeAllConnections())))
+  const url = `http://127.0.0.1:${(srv.address() as import('node:net').AddressInfo).port}`
+  const ac = new AbortController()
+  for await (const m of inbox({ url, wait: 0, signal: ac.signal })) {
+    t.equal(m.request_id, 'rq-fromgateway')
+    t.same(requestHeaders(m), { 'x-cordon-request-id': 'rq-fromgateway' }, 'for openai: { headers: requestHeaders(msg) }')
+    await m.reply('answer')
+    await m.ack()
+    ac.abort()
+  }
+  const reply = calls.find((c) => c.method === 'POST' && c.url === '/v1/replies')
+  const ack = calls.find((c) => c.method === 'POST' && c.url === '/v1/messages/tg.m1/ack')
+  t.equal(reply?.rid, 'rq-fromgateway', 'reply carries the header')
+  t.equal(ack?.rid, 'rq-fromgateway', 'ack carries the header')
+  t.equal(calls.find((c) => c.method === 'GET')?.rid, undefined, 'polling is not labelled (it is for no message yet)')
+  // an older gateway without request ids: the message id stands in
+  t.same(requestHeaders({ id: 'tg.old' }), { 'x-cordon-request-id': 'tg.old' })
+  t.same(requestHeaders('rq-x'), { 'x-cordon-request-id': 'rq-x' })
 })
