@@ -24,7 +24,9 @@ const status: Record<ErrorKind, number> = {
   rate_limit: 429,
   budget: 429,
   permission: 403,
-  no_key: 503,
+  // 401 as the providers answer a call without a key: the SDKs raise it at once (an
+  // AuthenticationError) instead of retrying for minutes as they do a 503
+  no_key: 401,
   upstream: 502,
   timeout: 504,
   internal: 500,
@@ -37,7 +39,7 @@ const openaiType: Record<ErrorKind, [string, string | null]> = {
   rate_limit: ['rate_limit_exceeded', 'rate_limit_exceeded'],
   budget: ['insufficient_quota', 'insufficient_quota'],
   permission: ['permission_error', 'sandbox_not_allowed'],
-  no_key: ['server_error', 'no_api_key'],
+  no_key: ['invalid_request_error', 'no_api_key'],
   upstream: ['server_error', 'upstream_error'],
   timeout: ['server_error', 'upstream_timeout'],
   internal: ['server_error', null],
@@ -50,11 +52,13 @@ const anthropicType: Record<ErrorKind, string> = {
   rate_limit: 'rate_limit_error',
   budget: 'rate_limit_error',
   permission: 'permission_error',
-  no_key: 'api_error',
+  no_key: 'authentication_error',
   upstream: 'api_error',
   timeout: 'api_error',
   internal: 'api_error',
 }
+
+const NO_RETRY = new Set<ErrorKind>(['no_key', 'invalid_request', 'not_found', 'too_large', 'permission'])
 
 export interface ApiError {
   status: number
@@ -65,6 +69,9 @@ export interface ApiError {
 export function apiError(family: ApiFamily, kind: ErrorKind, message: string, extra: { retryAfterS?: number; param?: string } = {}): ApiError {
   const headers: Record<string, string> = { 'content-type': 'application/json', 'x-cordon-error': kind }
   if (extra.retryAfterS !== undefined) headers['retry-after'] = String(Math.max(1, Math.ceil(extra.retryAfterS)))
+  // the openai and anthropic SDKs honour this over their status rules: retrying cannot help until
+  // an operator acts (a key is set, a request is fixed)
+  if (NO_RETRY.has(kind)) headers['x-should-retry'] = 'false'
   let body: unknown
   if (family === 'anthropic') {
     body = { type: 'error', error: { type: anthropicType[kind], message } }

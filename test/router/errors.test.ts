@@ -100,12 +100,33 @@ t.test('a route speaks one API: calling it through the other is a clear 400', as
 t.test('no key configured: an error the agent can relay', async (t) => {
   const anthropic = new Anthropic({ baseURL: h.url, apiKey: 'x', maxRetries: 0 })
   const e = await anthropic.messages.create({ model: 'claude-x', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }).catch((e) => e)
-  t.equal(e.status, 503)
+  t.equal(e.status, 401)
+  t.equal(e.error.error.type, 'authentication_error')
   t.match(e.error.error.message, /no API key set for route claude: run `cordon keys set anthropic-missing`/)
   const o = await raw(chat, { body: JSON.stringify({ model: 'llama', messages: [] }) })
-  t.equal(o.status, 503)
+  t.equal(o.status, 401)
+  t.equal(o.headers.get('x-should-retry'), 'false')
+  t.equal(o.headers.get('retry-after'), null, 'no Retry-After: nothing changes by waiting')
   t.match(JSON.parse(o.text).error.message, /no API key set for route local: set CORDON_TEST_UNSET_VAR in the router's environment/)
   t.equal(JSON.parse(o.text).error.code, 'no_api_key')
+})
+
+t.test('no key: the official clients with their default retries fail fast, one request each', async (t) => {
+  const count = (route: string) => h.audit().filter((r) => r.route === route).length
+  const before = count('local')
+  const openai = new OpenAI({ baseURL: `${h.url}/v1`, apiKey: 'x' }) // default maxRetries (2)
+  const t0 = Date.now()
+  const e = await openai.chat.completions.create({ model: 'llama', messages: [{ role: 'user', content: 'hi' }] }).catch((e) => e)
+  const ms = Date.now() - t0
+  t.ok(e instanceof OpenAI.AuthenticationError, `openai raises AuthenticationError (got ${e?.constructor?.name} ${e?.status})`)
+  t.match(e.message, /no API key set for route local: set CORDON_TEST_UNSET_VAR/)
+  t.equal(count('local') - before, 1, 'exactly one request reached the router (no SDK retries)')
+  t.ok(ms < 1000, `failed in ${ms} ms`)
+  const beforeA = count('claude')
+  const anthropic = new Anthropic({ baseURL: h.url, apiKey: 'x' }) // default maxRetries (2)
+  const ea = await anthropic.messages.create({ model: 'claude-x', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }).catch((e) => e)
+  t.ok(ea instanceof Anthropic.AuthenticationError, `anthropic raises AuthenticationError (got ${ea?.constructor?.name} ${ea?.status})`)
+  t.equal(count('claude') - beforeA, 1, 'exactly one request reached the router (no SDK retries)')
 })
 
 t.test('client credentials and cookies are dropped; default anthropic-version added', async (t) => {
