@@ -637,7 +637,7 @@ export class Engine {
     return true
   }
 
-  private async ask(t: Target, conn: ConnState, via: string, peer: PeerProcess | null, decisionId: string): Promise<{ ok: boolean; why: string; pendingId: string }> {
+  private async ask(t: Target, conn: ConnState, via: string, peer: PeerProcess | null, decisionId: string, requestId: string | null = null): Promise<{ ok: boolean; why: string; pendingId: string }> {
     const key = `${t.host}|${t.port}`
     let p = [...this.pending.values()].find((x) => `${x.host}|${x.port}` === key)
     if (!p && this.pending.size >= MAX_PENDING) {
@@ -686,6 +686,7 @@ export class Engine {
       port: t.port,
       method: t.method ?? null,
       path: t.path ?? null,
+      ...(requestId ? { request_id: requestId } : {}), // correlation label only (see requestIdOf)
     })
     const pend = p
     return new Promise((resolve) => {
@@ -777,7 +778,7 @@ export class Engine {
       let pendingId: string | null = null
       if (name.action === 'unlisted' && net.unlisted === 'ask') {
         peer = await this.identify(conn)
-        const r = await this.ask(t, conn, via, peer, id)
+        const r = await this.ask(t, conn, via, peer, id, requestId)
         pendingId = r.pendingId || null
         name = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
       }

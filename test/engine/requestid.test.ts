@@ -128,3 +128,17 @@ t.test('CONNECT: the id comes from the CONNECT request headers', async (t) => {
   t.equal(plain.status, 200)
   t.notOk('request_id' in decisions().at(-1)!, 'CONNECT without the header: no field')
 })
+
+t.test('an unlisted host held for the operator: the pending record and the final decision carry the id', async (t) => {
+  const askPolicy = path.join(dir, 'ask.yaml')
+  fs.writeFileSync(askPolicy, `network:\n  mode: proxy\n  unlisted: ask\n  allow: []\n`)
+  const askAudit = path.join(dir, 'ask-audit.jsonl')
+  const e = new Engine({ policyFile: askPolicy, listen: { host: '127.0.0.1', port: 0 }, audit: askAudit, hosts: { 'wait.example.com': ['127.0.0.3'] }, askTimeoutMs: 300, watch: false, identify: 'none' })
+  const port = (await e.start()).port
+  t.teardown(() => e.stop())
+  const r = await viaProxy(port, 'http://wait.example.com/x', 'GET', 'X-Cordon-Request-Id: rq-held\r\n')
+  t.equal(r.status, 403, 'not approved in time: denied (the id changed nothing)')
+  const recs = readAudit(askAudit).filter((x) => x.type === 'decision')
+  t.match(recs.find((x) => x.decision === 'pending'), { host: 'wait.example.com', request_id: 'rq-held' })
+  t.match(recs.find((x) => x.decision === 'deny'), { host: 'wait.example.com', request_id: 'rq-held' })
+})
