@@ -364,9 +364,11 @@ export class PrivacyRouter {
     const anthropicHint = path.startsWith('/messages') || req.headers['anthropic-version'] !== undefined
     let family: ApiFamily = anthropicHint ? 'anthropic' : 'openai'
     let sandbox = '?'
+    const rid = requestId(req.headers['x-cordon-request-id'])
     const rec: AuditRecord = {
       time: new Date().toISOString(),
       sandbox,
+      ...(rid ? { request_id: rid } : {}),
       route: null,
       model: null,
       upstream_model: null,
@@ -441,7 +443,7 @@ export class PrivacyRouter {
         rec.error = e.message
       } else {
         const msg = this.redactor.string((e as Error)?.message ?? String(e))
-        this.log.error({ err: msg, path }, 'request failed')
+        this.log.error({ request_id: rid, err: msg, path }, 'request failed')
         this.send(res, apiError(family, 'internal', `router error: ${msg}`))
         rec.status = 500
         rec.error = msg
@@ -456,6 +458,14 @@ export class PrivacyRouter {
       m.requests.inc()
       m.duration.observe(total / 1000)
       if (rec.ttfb_ms !== null) m.ttfb.observe(rec.ttfb_ms / 1000)
+      // one line per call: info when it failed or fell back, debug otherwise (the audit has all)
+      const notable = rec.status >= 400 || rec.fallback.length > 0 || rec.client_aborted === true
+      if (notable ? this.log.isLevelEnabled('info') : this.log.isLevelEnabled('debug')) {
+        this.log[notable ? 'info' : 'debug'](
+          { request_id: rid, sandbox, route: rec.route, target: rec.target, path, status: rec.status, total_ms: rec.total_ms, fallback: rec.fallback.length ? rec.fallback : undefined, err: rec.error },
+          'call',
+        )
+      }
       this.audit.commit(rec, () => {
         res.end = realEnd
         if (heldEnd) (realEnd as (...a: unknown[]) => unknown).apply(res, heldEnd)
@@ -842,6 +852,17 @@ function readAll(body: NodeJS.ReadableStream): Promise<Buffer> {
     body.once('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)))
     body.once('error', reject)
   })
+}
+
+/**
+ * The client's `x-cordon-request-id` (set by the agent to correlate its log with ours), bounded to
+ * 128 printable ASCII characters. It is logged and audited here and never forwarded upstream
+ * (FORWARD_REQ does not list it).
+ */
+function requestId(v: string | string[] | undefined): string | undefined {
+  const s = Array.isArray(v) ? v[0] : v
+  if (!s) return undefined
+  return s.slice(0, 128).replace(/[^\x21-\x7e]/g, '_')
 }
 
 function round(ms: number): number {
