@@ -10,7 +10,7 @@
  */
 import http from 'node:http'
 import { chmodSync, existsSync, readFileSync, unlinkSync, watch, type FSWatcher } from 'node:fs'
-import { basename, dirname, resolve } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { once, EventEmitter } from 'node:events'
 import { Pool, errors as undiciErrors } from 'undici'
@@ -37,6 +37,8 @@ export interface RouterOptions {
   state?: string | null
   /** Watch the config's directory and reload on change (default true). */
   watch?: boolean
+  /** With watch: also compare the files' hashes every pollMs (default 2000), a backstop for missed events. */
+  pollMs?: number
   /** Log destination (default stderr); everything written passes through the redactor. */
   logDestination?: { write(s: string): unknown }
   logLevel?: string
@@ -124,6 +126,8 @@ export class PrivacyRouter {
   controlAddress: string | null = null
   private watchers: FSWatcher[] = []
   private reloadTimer: NodeJS.Timeout | null = null
+  private pollTimer: NodeJS.Timeout | null = null
+  private watchedHash: string | null = null
   private keysHash = ''
   private lastRejected = ''
   private inflight = 0
@@ -230,29 +234,51 @@ export class PrivacyRouter {
     return { ok: true, changed, hash: this.config.hash }
   }
 
+  /**
+   * Reload when the config or key store changes. Watches the DIRECTORIES and accepts events of any
+   * name: a Kubernetes ConfigMap/Secret update re-points the `..data` symlink, so the only events
+   * are named `..data_tmp`/`..data`, never router.yaml; editors rename temp files over the original.
+   * Every event (debounced) and a slow poll (missed or coalesced events, symlinks into other
+   * directories, filesystems without inotify) compare the files' content hashes, and only a change
+   * reloads. Reading mid-swap fails quietly and the next check tries again.
+   */
   private startWatching(): void {
-    const dirs = new Map<string, Set<string>>()
-    const add = (f: string) => {
-      const d = dirname(resolve(f))
-      if (!dirs.has(d)) dirs.set(d, new Set())
-      dirs.get(d)!.add(basename(f))
+    const files = [resolve(this.opts.config), ...(this.opts.keys ? [resolve(this.opts.keys)] : [])]
+    const fingerprint = (): string | null => {
+      const parts: string[] = []
+      for (const f of files) {
+        try {
+          parts.push(hashText(readFileSync(f)))
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return null // unreadable now (mid-swap): decide later
+          parts.push('-')
+        }
+      }
+      return parts.join(':')
     }
-    add(this.opts.config)
-    if (this.opts.keys) add(this.opts.keys)
-    for (const [d, names] of dirs) {
+    this.watchedHash = fingerprint()
+    const check = () => {
+      if (this.closing) return
+      const h = fingerprint()
+      if (h === null || h === this.watchedHash) return
+      this.watchedHash = h
+      void this.reload('file changed')
+    }
+    for (const d of new Set(files.map((f) => dirname(f)))) {
       try {
-        const w = watch(d, { persistent: false }, (_ev, name) => {
-          if (name && !names.has(String(name))) return
+        const w = watch(d, { persistent: false }, () => {
           if (this.reloadTimer) clearTimeout(this.reloadTimer)
-          this.reloadTimer = setTimeout(() => void this.reload('file changed'), 100)
+          this.reloadTimer = setTimeout(check, 100)
           this.reloadTimer.unref()
         })
-        w.on('error', (e) => this.log.warn({ dir: d, err: e.message }, 'config watch failed; use the control socket to reload'))
+        w.on('error', (e) => this.log.warn({ dir: d, err: e.message }, 'config watch failed; the config is still polled every few seconds, or reload through the control socket'))
         this.watchers.push(w)
       } catch (e) {
-        this.log.warn({ dir: d, err: (e as Error).message }, 'cannot watch the config directory; reload through the control socket')
+        this.log.warn({ dir: d, err: (e as Error).message }, 'cannot watch the config directory; the config is still polled every few seconds, or reload through the control socket')
       }
     }
+    this.pollTimer = setInterval(check, this.opts.pollMs ?? 2000)
+    this.pollTimer.unref()
   }
 
   private async openListener(spec: ListenerSpec): Promise<void> {
@@ -817,6 +843,7 @@ export class PrivacyRouter {
     this.closing = true
     for (const w of this.watchers) w.close()
     if (this.reloadTimer) clearTimeout(this.reloadTimer)
+    if (this.pollTimer) clearInterval(this.pollTimer)
     const servers = [...this.listeners.values()].map((l) => l.server)
     if (this.control) servers.push(this.control)
     await Promise.all(
