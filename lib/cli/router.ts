@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander'
 import http from 'node:http'
+import { readFileSync } from 'node:fs'
 import { PrivacyRouter } from '../router/server.js'
 import { ConfigError, loadConfigFile } from '../router/config.js'
 import { defaultKeyStorePath, listKeys, removeKey, setKey, fingerprint, openKeyStore, KeyStoreError } from '../router/keys.js'
@@ -19,11 +20,32 @@ function fail(msg: string, code = 1): never {
   throw e
 }
 
-function controlRequest(where: string, method: string, path: string): Promise<{ status: number; body: string }> {
+/**
+ * The control token: --control-token-file FILE, else CORDON_ROUTER_TOKEN. Null when neither is
+ * given; an unreadable or empty file is an error (never silently no token).
+ */
+function controlToken(file: string | undefined): string | null {
+  if (file) {
+    let text: string
+    try {
+      text = readFileSync(file, 'utf8')
+    } catch (e) {
+      fail(`cannot read the control token file ${file} (${(e as NodeJS.ErrnoException).code}); create it with \`openssl rand -hex 32 > ${file}; chmod 600 ${file}\``, 2)
+    }
+    const tok = text.trim()
+    if (!tok) fail(`the control token file ${file} is empty; put a random token in it (\`openssl rand -hex 32\`)`, 2)
+    return tok
+  }
+  const env = process.env.CORDON_ROUTER_TOKEN?.trim()
+  return env ? env : null
+}
+
+function controlRequest(where: string, method: string, path: string, token: string | null = null): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const m = /^([^/][^:]*):(\d+)$/.exec(where)
     const opts = m ? { host: m[1], port: Number(m[2]) } : { socketPath: where }
-    const req = http.request({ ...opts, method, path }, (res) => {
+    const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {}
+    const req = http.request({ ...opts, method, path, headers }, (res) => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }))
@@ -78,18 +100,27 @@ export function register(program: Command): void {
     .option('--config <file>', 'router.yaml (routes, limits, prices, listeners)', 'router.yaml')
     .option('--listen <host:port>', 'listener for sandboxes (repeatable; HOST:PORT, [V6]:PORT or a unix socket path); identity by source address', collect, [] as string[])
     .option('--control <socket>', 'control listener (unix socket path; never reachable from a sandbox): /metrics, /status, /reload')
+    .option('--control-token-file <file>', 'bearer token the control listener requires (default: $CORDON_ROUTER_TOKEN); mandatory when --control is HOST:PORT')
     .option('--keys <file>', 'key store file (root-only, 0600)', defaultKeyStorePath())
     .option('--audit <file>', 'audit JSONL file, one record per call')
     .option('--state <dir>', 'directory for limit counters that survive a restart')
     .option('--log-level <level>', 'pino log level', 'info')
     .option('--no-watch', 'do not watch the config directory (reload with SIGHUP or POST /reload)')
-    .action(async (o: { config: string; listen: string[]; control?: string; keys: string; audit?: string; state?: string; logLevel: string; watch: boolean }) => {
+    .action(async (o: { config: string; listen: string[]; control?: string; controlTokenFile?: string; keys: string; audit?: string; state?: string; logLevel: string; watch: boolean }) => {
       if (!o.listen.length && !o.control) fail('give at least one --listen HOST:PORT (and a --control SOCKET for metrics and reloads)')
+      const controlTok = controlToken(o.controlTokenFile)
+      if (o.control && !controlTok && /^(\[[^\]]+\]|[^/][^:]*):\d+$/.test(o.control)) {
+        fail(
+          `refusing to open the control listener on ${o.control} (TCP) without authentication: give --control-token-file FILE (or set CORDON_ROUTER_TOKEN) with a random token (\`openssl rand -hex 32\`), or use a unix socket path for --control`,
+          2,
+        )
+      }
       let r: PrivacyRouter
       try {
-        r = await PrivacyRouter.start({ config: o.config, listen: o.listen, control: o.control, keys: o.keys, audit: o.audit, state: o.state, logLevel: o.logLevel, watch: o.watch })
+        r = await PrivacyRouter.start({ config: o.config, listen: o.listen, control: o.control, controlToken: controlTok, keys: o.keys, audit: o.audit, state: o.state, logLevel: o.logLevel, watch: o.watch })
       } catch (e) {
         if (e instanceof ConfigError || e instanceof KeyStoreError) fail(e.message, 2)
+        if (e instanceof Error && /control token|refusing to open the control listener/.test(e.message)) fail(e.message, 2)
         throw e
       }
       process.stderr.write(`cordon router: listening on ${r.addresses().join(', ') || '(config listeners only)'}${r.controlAddress ? `, control ${r.controlAddress}` : ''}\n`)
@@ -135,9 +166,9 @@ export function register(program: Command): void {
     .command('status')
     .description("Show the running router's routes, key presence (fingerprints only) and usage (uses --control)")
     .action(async (_o: unknown, cmd: Command) => {
-      const o = cmd.optsWithGlobals() as { control?: string }
+      const o = cmd.optsWithGlobals() as { control?: string; controlTokenFile?: string }
       if (!o.control) fail('give --control SOCKET (the running router\'s control socket)')
-      const r = await controlRequest(o.control, 'GET', '/status')
+      const r = await controlRequest(o.control, 'GET', '/status', controlToken(o.controlTokenFile))
       process.stdout.write(r.body)
       if (r.status !== 200) process.exitCode = 1
     })
@@ -146,9 +177,9 @@ export function register(program: Command): void {
     .command('reload')
     .description('Reload router.yaml and the key store now; an invalid config is rejected with file:line and the old one stays (uses --control)')
     .action(async (_o: unknown, cmd: Command) => {
-      const o = cmd.optsWithGlobals() as { control?: string }
+      const o = cmd.optsWithGlobals() as { control?: string; controlTokenFile?: string }
       if (!o.control) fail('give --control SOCKET (the running router\'s control socket)')
-      const r = await controlRequest(o.control, 'POST', '/reload')
+      const r = await controlRequest(o.control, 'POST', '/reload', controlToken(o.controlTokenFile))
       const body = JSON.parse(r.body) as { ok: boolean; changed?: boolean; error?: string; hash?: string }
       if (!body.ok) fail(body.error ?? 'reload failed', 2)
       process.stdout.write(body.changed ? `reloaded (config ${body.hash?.slice(0, 12)})\n` : 'unchanged\n')
@@ -161,7 +192,8 @@ export function register(program: Command): void {
     .option('--keys <file>', 'key store file', defaultKeyStorePath())
     .option('--from-env <var>', 'take the key from this environment variable instead of stdin')
     .option('--control <socket>', 'also tell a running router to reload its keys')
-    .action(async (name: string, o: { keys: string; fromEnv?: string; control?: string }) => {
+    .option('--control-token-file <file>', "the router control listener's token (default: $CORDON_ROUTER_TOKEN)")
+    .action(async (name: string, o: { keys: string; fromEnv?: string; control?: string; controlTokenFile?: string }) => {
       let key: string
       if (o.fromEnv) {
         key = process.env[o.fromEnv] ?? ''
@@ -174,7 +206,7 @@ export function register(program: Command): void {
       }
       process.stdout.write(`stored key "${name}" (${fingerprint(key.trim())}, ${key.trim().length} chars) in ${o.keys}\n`)
       if (o.control) {
-        const r = await controlRequest(o.control, 'POST', '/reload')
+        const r = await controlRequest(o.control, 'POST', '/reload', controlToken(o.controlTokenFile))
         process.stdout.write(r.status === 200 ? 'router reloaded\n' : `router reload failed: ${r.body}\n`)
       }
     })
@@ -199,7 +231,8 @@ export function register(program: Command): void {
     .description('Remove a stored key')
     .option('--keys <file>', 'key store file', defaultKeyStorePath())
     .option('--control <socket>', 'also tell a running router to reload its keys')
-    .action(async (name: string, o: { keys: string; control?: string }) => {
+    .option('--control-token-file <file>', "the router control listener's token (default: $CORDON_ROUTER_TOKEN)")
+    .action(async (name: string, o: { keys: string; control?: string; controlTokenFile?: string }) => {
       let removed: boolean
       try {
         removed = removeKey(o.keys, name)
@@ -208,6 +241,6 @@ export function register(program: Command): void {
       }
       if (!removed) fail(`no key named "${name}" in ${o.keys}; see \`cordon keys list\``)
       process.stdout.write(`removed key "${name}"\n`)
-      if (o.control) await controlRequest(o.control, 'POST', '/reload')
+      if (o.control) await controlRequest(o.control, 'POST', '/reload', controlToken(o.controlTokenFile))
     })
 }

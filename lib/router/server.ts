@@ -9,6 +9,7 @@
  * client, stream SSE chunk by chunk through the redactor, and audit the call.
  */
 import http from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { chmodSync, existsSync, readFileSync, unlinkSync, watch, type FSWatcher } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -32,6 +33,12 @@ export interface RouterOptions {
   listen?: string[]
   /** Control listener: a unix socket path (recommended) or HOST:PORT. */
   control?: string | null
+  /**
+   * Bearer token the control listener requires (Authorization: Bearer TOKEN) on every endpoint
+   * but a bare /healthz. Mandatory for a HOST:PORT control listener (start refuses without it);
+   * optional on a unix socket, whose 0600 mode already limits it to the router's user.
+   */
+  controlToken?: string | null
   keys?: string | null
   audit?: string | null
   state?: string | null
@@ -124,6 +131,7 @@ export class PrivacyRouter {
   private listeners = new Map<string, Listener>()
   private control: http.Server | null = null
   controlAddress: string | null = null
+  private controlTokenHash: Buffer | null = null
   private watchers: FSWatcher[] = []
   private reloadTimer: NodeJS.Timeout | null = null
   private pollTimer: NodeJS.Timeout | null = null
@@ -151,6 +159,16 @@ export class PrivacyRouter {
       for (const l of opts.listen ?? []) await r.openListener({ listen: l })
       await r.syncListeners()
       if (opts.control) {
+        if (opts.controlToken !== undefined && opts.controlToken !== null && opts.controlToken.trim().length < 16) {
+          throw new Error('the control token is shorter than 16 characters; generate one with `openssl rand -hex 32 > FILE` and pass --control-token-file FILE')
+        }
+        if (!('path' in parseListen(opts.control)) && !opts.controlToken) {
+          throw new Error(
+            `refusing to open the control listener on ${opts.control} (TCP) without authentication: anything that can reach that port could read status and metrics and trigger reloads. ` +
+              'Give --control-token-file FILE (or set CORDON_ROUTER_TOKEN) with a random token (`openssl rand -hex 32`), or use a unix socket path for --control.',
+          )
+        }
+        r.controlTokenHash = opts.controlToken ? createHash('sha256').update(opts.controlToken.trim()).digest() : null
         r.control = http.createServer((req, res) => void r.handleControl(req, res))
         r.controlAddress = await listenOn(r.control, opts.control, 0o600)
       }
@@ -794,6 +812,17 @@ export class PrivacyRouter {
     }
     try {
       const path = (req.url ?? '/').split('?')[0]
+      if (this.controlTokenHash && !this.controlAuthorized(req)) {
+        // a bare liveness answer stays open for probes; nothing else without the token
+        if (req.method === 'GET' && (path === '/healthz' || path === '/health')) {
+          json(200, { ok: true })
+          return
+        }
+        const b = JSON.stringify({ error: 'the router control endpoint requires Authorization: Bearer TOKEN (the token of --control-token-file or CORDON_ROUTER_TOKEN)' })
+        res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="cordon-router-control"' })
+        res.end(b + '\n')
+        return
+      }
       if (req.method === 'GET' && path === '/metrics') {
         const text = await this.metrics.registry.metrics()
         res.writeHead(200, { 'content-type': this.metrics.registry.contentType })
@@ -811,6 +840,12 @@ export class PrivacyRouter {
     } catch (e) {
       json(500, { error: this.redactor.string((e as Error).message) })
     }
+  }
+
+  private controlAuthorized(req: http.IncomingMessage): boolean {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '')
+    if (!m || !this.controlTokenHash) return false
+    return timingSafeEqual(createHash('sha256').update(m[1]!).digest(), this.controlTokenHash)
   }
 
   status(): unknown {
