@@ -10,7 +10,7 @@ import { exitStatus } from '../../lib/sandbox/spawn.js'
 import type { CordonAddon } from '../../lib/kernel/addon.js'
 import type { KernelFeatures, Plan } from '../../lib/policy/plan.js'
 import { RESTRICT_SELF, FS, DIR_ONLY } from '../../lib/kernel/abi.js'
-import { handPlan } from '../fixtures/kernel/handplan.js'
+import { handPlan, REPO } from '../fixtures/kernel/handplan.js'
 
 const feat = (abi: number): KernelFeatures => ({
   arch: 'x86_64', landlockAbi: abi, seccomp: true, seccompTsync: true, userNamespaces: true,
@@ -19,6 +19,10 @@ const feat = (abi: number): KernelFeatures => ({
 
 t.test('helperArgv serializes every plan element in a stable form', async (t) => {
   const plan = handPlan({ abi: 6, workspace: '/w', network: { mode: 'none' }, privateTmp: '/w/.cordon/tmp' })
+  // handPlan grants the checkout too; leave it out here so the expected argv does not depend on
+  // where the checkout lives (a clone under /tmp would add --keep-path)
+  const noRepo = (p: Plan) => { p.landlock!.paths = p.landlock!.paths.filter((r) => r.path !== REPO); return p }
+  noRepo(plan)
   plan.mkdirs = ['/w/.cordon/home']
   plan.rlimits = [{ resource: 'nofile', soft: 1024, hard: null }]
   plan.landlock!.ports = [{ port: 8080, access: 2, origin: 'x' }]
@@ -33,7 +37,7 @@ t.test('helperArgv serializes every plan element in a stable form', async (t) =>
   t.same(a.slice(-4), ['--ll-port', '2:8080', '--seccomp', '060000000000ff7f'])
   t.ok(a.includes(`${plan.landlock!.paths.at(-1)!.access}:/tmp`), '/tmp gets the rights of the private directory it shows')
   t.notOk(a.includes('--keep-path'), 'nothing under the host /tmp to keep')
-  const inTmp = handPlan({ abi: 6, workspace: '/tmp/ws', network: { mode: 'none' }, privateTmp: '/tmp/ws/.cordon/tmp', readWrite: ['/tmp/ws/sub', '/tmp/other'] })
+  const inTmp = noRepo(handPlan({ abi: 6, workspace: '/tmp/ws', network: { mode: 'none' }, privateTmp: '/tmp/ws/.cordon/tmp', readWrite: ['/tmp/ws/sub', '/tmp/other'] }))
   const b = helperArgv(inTmp)
   t.same(b.filter((_, i) => b[i - 1] === '--keep-path'), ['/tmp/other', '/tmp/ws'], 'outermost rule paths under /tmp are kept visible')
   const join = helperArgv({ ...plan, network: { mode: 'join', path: '/run/netns/x' }, privateTmp: null, dropCapabilities: false, landlock: null, seccomp: null, mkdirs: [], rlimits: [] })
