@@ -20,6 +20,8 @@
  *   --netns new | --netns-path P new network namespace with lo up / join an existing one
  *   --private-tmp HOSTDIR        new mount namespace, / rprivate, HOSTDIR bind-mounted on /tmp
  *   --keep-path PATH             a path under the host's /tmp that stays visible at the same path
+ *   --die-with-parent            the program gets SIGKILL when the process that started cordon-exec
+ *                                dies (PR_SET_PDEATHSIG, set after every credential change)
  *                                once /tmp is replaced (bind-mounted back; e.g. a workspace in /tmp)
  *   --drop-caps                  clear bounding, ambient, effective/permitted/inheritable sets
  *   --ll-fs M --ll-net M --ll-scope M --ll-flags F   Landlock ruleset and restrict flags
@@ -36,6 +38,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,7 +190,8 @@ static void drop_caps(void) {
 int main(int argc, char **argv) {
   int i, prog = -1;
   const char *netns_path = NULL, *private_tmp = NULL, *seccomp_hex = NULL;
-  int netns_new = 0, drop = 0, have_ll = 0;
+  int netns_new = 0, drop = 0, have_ll = 0, die_with_parent = 0;
+  pid_t parent = getppid();
   uint64_t ll_fs = 0, ll_net = 0, ll_scope = 0, ll_flags = 0;
 
   for (i = 1; i < argc; i++) {
@@ -195,6 +199,7 @@ int main(int argc, char **argv) {
     char *v = (i + 1 < argc) ? argv[i + 1] : NULL;
 #define NEEDV() do { if (!v) die("arguments", a, EINVAL); i++; } while (0)
     if (!strcmp(a, "--")) { prog = i + 1; break; }
+    else if (!strcmp(a, "--die-with-parent")) die_with_parent = 1;
     else if (!strcmp(a, "--mkdir")) { NEEDV(); if (n_mkdirs >= MAX_ITEMS) die("arguments", a, E2BIG); mkdirs[n_mkdirs++] = v; }
     else if (!strcmp(a, "--rlimit")) {
       NEEDV();
@@ -369,7 +374,14 @@ int main(int argc, char **argv) {
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) != 0) die("seccomp", "seccomp(SET_MODE_FILTER)", errno);
   }
 
-  /* 10. exec */
+  /* 10. die with the parent: set last (credential changes clear it); if the parent is already
+     gone, the signal will never come, so stop here */
+  if (die_with_parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("die-with-parent", "prctl(PR_SET_PDEATHSIG)", errno);
+    if (getppid() != parent) die("die-with-parent", "the parent exited before the program started", ESRCH);
+  }
+
+  /* 11. exec */
   execvp(argv[prog], &argv[prog]);
   int err = errno;
   fprintf(stderr, "cordon: exec: %s: %s\n", argv[prog], strerror(err));

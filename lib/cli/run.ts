@@ -31,7 +31,7 @@ export async function runCommand(cmd: string, args: string[], o: RunOpts): Promi
     const gatePorts = policy.network.mode === 'proxy' && o.gatePort !== undefined ? [Number(o.gatePort)] : []
     const plan = compilePlan(policy, features, { env: process.env, gatePorts })
     for (const l of plan.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
-    return runPlan(plan, cmd, args, { cwd: process.cwd() })
+    return runPlan(plan, cmd, args, { cwd: process.cwd(), dieWithParent: true })
   }
   // Proxy mode: the sandbox gets a namespace whose only route leads to the egress gate of a
   // running `cordon engine` (lib/sandbox/netns.ts), and Landlock (ABI >= 4) limits its TCP
@@ -53,7 +53,7 @@ export async function runCommand(cmd: string, args: string[], o: RunOpts): Promi
     const { hash: _old, ...rest } = compiled
     const joined = { ...rest, network: { mode: 'join' as const, path: ns.netnsPath }, env: { ...compiled.env, ...ns.proxyEnv } }
     const plan = { ...joined, hash: planHash(joined) }
-    return await runPlan(plan, cmd, args, { cwd: process.cwd() })
+    return await runPlan(plan, cmd, args, { cwd: process.cwd(), dieWithParent: true })
   } finally {
     ns.cleanup()
   }

@@ -14,12 +14,18 @@ import { preparePlan, type PolicyInput } from './prepare.js'
 export interface CordonSpawnOptions extends Omit<SpawnOptions, 'env'> {
   /** workspace directory; overrides the policy's filesystem.workspace */
   workspace?: string
+  /**
+   * Kill the confined program (SIGKILL) when this process dies, even by SIGKILL, so a sandbox
+   * never outlives its launcher. `cordon run` sets it. Default false (child_process semantics).
+   */
+  dieWithParent?: boolean
 }
 
 /** Spawn an already compiled plan (used by spawn(), the CLI and tests). */
 export function spawnPlan(plan: Plan, cmd: string, args: readonly string[] = [], options: CordonSpawnOptions = {}): ChildProcess {
-  const { workspace: _ws, ...rest } = options
-  return cpSpawn(helperPath(), [...helperArgvCached(plan), '--', cmd, ...args], { ...rest, env: plan.env, shell: false })
+  const { workspace: _ws, dieWithParent, ...rest } = options
+  const pre = dieWithParent ? ['--die-with-parent'] : []
+  return cpSpawn(helperPath(), [...pre, ...helperArgvCached(plan), '--', cmd, ...args], { ...rest, env: plan.env, shell: false })
 }
 
 export function spawn(policy: PolicyInput, cmd: string, args: readonly string[] = [], options: CordonSpawnOptions = {}): ChildProcess {
