@@ -14,6 +14,7 @@
  */
 import t from 'tap'
 import http from 'node:http'
+import { randomBytes } from 'node:crypto'
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, mkdirSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -153,7 +154,7 @@ t.test('deploy e2e: the rendered manifests on podman', async (t) => {
   sb.containers[0].args = [...sb.containers[0].args.slice(0, sb.containers[0].args.indexOf('--') + 1), 'node', '/opt/agent/agent.mjs']
   podSpecOf(dep('cordon-engine'))!.containers[0].args.push(`--resolve=allowed.test=${GW}`, `--resolve=denied.test=${GW}`)
   objs.push(
-    { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-router-keys' }, stringData: { openai: SECRETS.providerKey } },
+    { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-router-keys' }, stringData: { openai: SECRETS.providerKey, 'control-token': `router-control-${randomBytes(16).toString('hex')}` } },
     { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-gateway-channels' }, stringData: { 'webhook-secret': SECRETS.webhookSecret } },
     { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'cordon-control' }, stringData: { 'engine-token': SECRETS.engineToken, 'gateway-token': SECRETS.gatewayToken } },
   )

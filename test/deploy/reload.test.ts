@@ -10,7 +10,8 @@
  */
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, watch, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, watch, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
@@ -124,8 +125,12 @@ t.test('router: reloads its config through two kubelet ..data swaps', async (t) 
     routes.map((r, i) => `  - name: ${r}\n${i === 0 ? '    default: true\n' : `    models: [${r}-model]\n`}    targets:\n      - { provider: openai-compatible, base_url: "http://127.0.0.1:9/v1", model: m, auth: none }\n`).join('')
   dir.write({ 'router.yaml': cfg(['first']) })
   const control = await freePort()
-  const p = cordon(['router', '--config', path.join(dir.dir, 'router.yaml'), '--listen', `127.0.0.1:${await freePort()}`, '--control', `127.0.0.1:${control}`, '--keys', path.join(tmp, 'keys.json'), '--state', path.join(tmp, 'router-state')], 'router')
-  const status = async () => (await getJson({ host: '127.0.0.1', port: control, path: '/status' })).body
+  // a TCP control listener requires a bearer token (the router refuses to start without one)
+  const token = randomBytes(32).toString('hex')
+  const tokenFile = path.join(tmp, 'router-control.token')
+  writeFileSync(tokenFile, token, { mode: 0o600 })
+  const p = cordon(['router', '--config', path.join(dir.dir, 'router.yaml'), '--listen', `127.0.0.1:${await freePort()}`, '--control', `127.0.0.1:${control}`, '--control-token-file', tokenFile, '--keys', path.join(tmp, 'keys.json'), '--state', path.join(tmp, 'router-state')], 'router')
+  const status = async () => (await getJson({ host: '127.0.0.1', port: control, path: '/status', headers: { authorization: `Bearer ${token}` } })).body
   const names = (b: any) => (b.routes ?? []).map((r: any) => r.name).join(',')
   const first = await until('the router control port', async () => (await status())?.config?.hash && (await status())).catch((e) => {
     throw new Error(`${e.message}\nrouter output:\n${p.output()}`)
