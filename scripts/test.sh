@@ -37,7 +37,7 @@ skip_stage() { report+=("$1: SKIPPED: $2"); echo "=== stage $1 skipped: $2"; }
 has() { [[ ",$stages," == *",$1,"* ]]; }
 
 if has suite; then
-  stage suite bash -c 'npx tap --reporter=tap | node scripts/tap-summary.mjs'
+  stage suite bash -c 'npx tap --reporter=tap | CORDON_TAP_LOG=.tap/raw-suite.tap node scripts/tap-summary.mjs'
 fi
 if has node-lts; then
   if [ "$(id -u)" != 0 ]; then skip_stage node-lts 'needs root (lock() re-executes Node binaries kept under /usr/local/lib)'

@@ -21,7 +21,7 @@ bash deploy/scripts/build-image.sh
 t2=$(date +%s)
 status=0
 # manifests.test.ts and reload.test.ts also run in the main suite; here only the podman e2e
-CORDON_TAP_LOG=.tap/raw-deploy.tap npx tap --jobs 1 --timeout 600 --reporter=tap test/deploy/e2e.podman.ts | node scripts/tap-summary.mjs || status=$?
+npx tap --jobs 1 --timeout 600 --reporter=tap test/deploy/e2e.podman.ts | CORDON_TAP_LOG=.tap/raw-deploy.tap node scripts/tap-summary.mjs || status=$?
 t3=$(date +%s)
 cat <<MSG
 test:deploy: host setup $((t1 - t0))s, image $((t2 - t1))s, tests $((t3 - t2))s, total $((t3 - t0))s

@@ -1,6 +1,7 @@
 // The real `cordon term` in a real terminal (tmux): a request waits in the engine, the operator
 // presses `a` on it, the request goes through; capture-pane reads what the screen showed.
 // The engine is the real one; router, gateway and agent are stand-ins (fast to start).
+// (generous waits: on a loaded 2-core CI box starting cordon up and cordon term through tsx takes tens of seconds)
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
@@ -17,7 +18,7 @@ try {
   tmux = false
 }
 
-t.test('approve a pending request with one key in cordon term', { skip: tmux ? false : 'tmux is not installed' }, async (t) => {
+t.test('approve a pending request with one key in cordon term', { skip: tmux ? false : 'tmux is not installed', timeout: 400_000 }, async (t) => {
   const upstream = http.createServer((_q, r) => r.end('through'))
   upstream.listen(0, '127.0.0.1')
   await once(upstream, 'listening')
@@ -27,7 +28,7 @@ t.test('approve a pending request with one key in cordon term', { skip: tmux ? f
   const s = standinSetup()
   const raw = JSON.parse(readFileSync(s.file, 'utf8'))
   writeFileSync(raw.policy, `version: 1\nfilesystem:\n  workspace: ${s.dir}\nnetwork:\n  mode: proxy\n  unlisted: ask\n  allow:\n    - { cidr: 127.0.0.1/32, ports: [${port}] }\n`)
-  raw.engine = { listen: raw.engine.listen, confine: false, args: ['--resolve', 'upstream.test=127.0.0.1'], start_timeout: 60 }
+  raw.engine = { listen: raw.engine.listen, confine: false, args: ['--resolve', 'upstream.test=127.0.0.1', '--ask-timeout', '170'], start_timeout: 60 }
   writeFileSync(s.file, JSON.stringify(raw))
   const up = await cli(['up', '-f', s.file, '--detach'], {}, 120_000)
   t.equal(up.code, 0, up.stderr)
@@ -35,7 +36,7 @@ t.test('approve a pending request with one key in cordon term', { skip: tmux ? f
 
   // a client asks for an unlisted host through the gate: it waits
   const gate = raw.engine.listen as string
-  const client = spawn('curl', ['-s', '-m', '60', '-x', `http://${gate}`, `http://upstream.test:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const client = spawn('curl', ['-s', '-m', '170', '-x', `http://${gate}`, `http://upstream.test:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] })
   let body = ''
   client.stdout.on('data', (d) => (body += d))
   const done = once(client, 'close')
@@ -51,7 +52,7 @@ t.test('approve a pending request with one key in cordon term', { skip: tmux ? f
     }
   })
   const screen = () => execFileSync('tmux', ['capture-pane', '-p', '-t', session], { encoding: 'utf8' })
-  const shown = await until(() => /› \S+\s+upstream\.test:\d+/.test(screen()) && screen(), 60_000, 'the pending request on screen')
+  const shown = await until(() => /› \S+\s+upstream\.test:\d+/.test(screen()) && screen(), 150_000, 'the pending request on screen')
   t.match(shown, /Pending approvals \(1\)/)
   t.match(shown, /engine\s+healthy/)
   execFileSync('tmux', ['send-keys', '-t', session, 'a'])
