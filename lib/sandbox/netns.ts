@@ -22,8 +22,10 @@
  * Sandbox identity: the engine names the sandbox of a connection by its source address, read
  * from REGISTRY/<address> (content: the sandbox id), written here and removed by cleanup().
  *
- * Non-root (no CAP_NET_ADMIN): not implemented here yet; the plan is a relay from loopback inside
- * a user+net namespace to the engine's unix socket. prepareNetns() throws a clear error instead.
+ * Non-root (no CAP_NET_ADMIN): this module does not apply; prepareNetns() throws a clear error.
+ * The non-root path is lib/sandbox/relay.ts (a relay from loopback inside a user+net namespace to
+ * the engine's unix-socket gate), which `cordon run` does not wire yet: it refuses proxy mode
+ * without root instead.
  */
 import fs from 'node:fs'
 import path from 'node:path'
