@@ -36,8 +36,12 @@ stage() {
 skip_stage() { report+=("$1: SKIPPED: $2"); echo "=== stage $1 skipped: $2"; }
 has() { [[ ",$stages," == *",$1,"* ]]; }
 
+# test/supervisor/term-tmux.test.ts runs alone, after the suite: it passes by itself but timed out
+# in two full clean-clone runs while the other supervisor tests ran beside it (cause not found yet)
+ALONE=test/supervisor/term-tmux.test.ts
 if has suite; then
-  stage suite bash -c 'npx tap --reporter=tap | CORDON_TAP_LOG=.tap/raw-suite.tap node scripts/tap-summary.mjs'
+  stage suite bash -c "npx tap --reporter=tap \$(find test -name '*.test.ts' ! -path $ALONE | sort | tr '\n' ' ') | CORDON_TAP_LOG=.tap/raw-suite.tap node scripts/tap-summary.mjs"
+  stage alone bash -c "npx tap --reporter=tap $ALONE | CORDON_TAP_LOG=.tap/raw-alone.tap node scripts/tap-summary.mjs"
 fi
 if has node-lts; then
   if [ "$(id -u)" != 0 ]; then skip_stage node-lts 'needs root (lock() re-executes Node binaries kept under /usr/local/lib)'
