@@ -30,8 +30,16 @@ rl.on('line', (line) => {
   const ind = indentOf(line)
   const t = line.trim()
   if (inYaml) {
-    if (lastFailure) lastFailure.push(line)
-    if (t === '...' && ind === yamlIndent) inYaml = false
+    if (t === '...' && ind === yamlIndent) {
+      inYaml = false
+      if (lastFailure) {
+        // the failure's diagnostics (message, diff, where), capped so a huge diff cannot flood CI's log
+        const shown = lastFailure.slice(0, 80)
+        for (const l of shown) process.stdout.write(`    | ${l.slice(yamlIndent)}\n`)
+        if (lastFailure.length > shown.length) process.stdout.write(`    | ... ${lastFailure.length - shown.length} more lines in the raw TAP\n`)
+        lastFailure = null
+      }
+    } else if (lastFailure) lastFailure.push(line)
     return
   }
   if (t === '---') {

@@ -1,15 +1,19 @@
 // The real `cordon term` in a real terminal (tmux): a request waits in the engine, the operator
 // presses `a` on it, the request goes through; capture-pane reads what the screen showed.
 // The engine is the real one; router, gateway and agent are stand-ins (fast to start).
-// (generous waits: on a loaded 2-core CI box starting cordon up and cordon term through tsx takes tens of seconds)
+// Hermetic on purpose: a tmux server of its own (-L, no config file), the pane's environment and
+// working directory given explicitly (a tmux server that already runs on the machine would
+// otherwise hand the pane its own environment), and the waiting client is Node's http (curl
+// obeys NO_PROXY/no_proxy from the environment and could bypass the gate). On a timeout the
+// failure carries the screen, the client's state and the tail of the engine's log.
 import t from 'tap'
-import { execFileSync, spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { CLI, cli, standinSetup, until } from './helpers.js'
+import { CLI, ROOT, cli, standinSetup, until } from './helpers.js'
 
 let tmux = true
 try {
@@ -34,39 +38,74 @@ t.test('approve a pending request with one key in cordon term', { skip: tmux ? f
   t.equal(up.code, 0, up.stderr)
   t.teardown(() => cli(['down', '-f', s.file]))
 
-  // a client asks for an unlisted host through the gate: it waits
-  const gate = raw.engine.listen as string
-  const client = spawn('curl', ['-s', '-m', '170', '-x', `http://${gate}`, `http://upstream.test:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] })
+  // a client asks for an unlisted host through the gate (absolute URL, proxy style): it waits
+  const [gateHost, gatePort] = (raw.engine.listen as string).split(':')
   let body = ''
-  client.stdout.on('data', (d) => (body += d))
-  const done = once(client, 'close')
+  let clientState = 'sent, waiting for an answer'
+  const done = new Promise<void>((resolve) => {
+    const req = http.get({ host: gateHost, port: Number(gatePort), path: `http://upstream.test:${port}/`, headers: { host: `upstream.test:${port}` }, agent: false }, (res) => {
+      clientState = `answered ${res.statusCode}`
+      res.setEncoding('utf8')
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve())
+    })
+    req.setTimeout(170_000, () => req.destroy(new Error('client timeout')))
+    req.on('error', (e) => {
+      clientState = `failed: ${e.message}`
+      resolve()
+    })
+  })
 
-  const session = `cordon-term-${process.pid}`
-  const cmd = [...CLI, 'term', '-f', s.file].map((a) => `'${a}'`).join(' ')
-  execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '160', '-y', '48', cmd])
+  const server = `cordon-test-${process.pid}`
+  const session = 'term'
+  const tm = (...args: string[]) => execFileSync('tmux', ['-L', server, '-f', '/dev/null', ...args], { encoding: 'utf8' })
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', LANG: 'C.UTF-8', TERM: 'tmux-256color' }
+  const cmd = ['env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...CLI, 'term', '-f', s.file].map((a) => `'${a}'`).join(' ')
+  tm('new-session', '-d', '-s', session, '-x', '160', '-y', '48', '-c', ROOT, cmd)
   t.teardown(() => {
     try {
-      execFileSync('tmux', ['kill-session', '-t', session])
+      tm('kill-server')
     } catch {
       /* gone */
     }
   })
-  const screen = () => execFileSync('tmux', ['capture-pane', '-p', '-t', session], { encoding: 'utf8' })
-  const shown = await until(() => /› \S+\s+upstream\.test:\d+/.test(screen()) && screen(), 150_000, 'the pending request on screen')
+  const screen = () => tm('capture-pane', '-p', '-t', session)
+  const diagnose = async <T>(p: Promise<T>): Promise<T | undefined> => {
+    try {
+      return await p
+    } catch (e) {
+      let shot = '(no screen)'
+      try {
+        shot = screen()
+      } catch (err) {
+        shot = `(capture-pane failed: ${(err as Error).message})`
+      }
+      const logs = existsSync(s.logs) ? readdirSync(s.logs).filter((f) => f.startsWith('engine')) : []
+      const tail = logs.map((f) => `--- ${f}\n${readFileSync(join(s.logs, f), 'utf8').split('\n').slice(-15).join('\n')}`).join('\n')
+      // the extra fields land in the failure's YAML, which scripts/tap-summary.mjs prints
+      t.fail((e as Error).message, { screen: shot, client: clientState, engineLog: tail })
+      return undefined
+    }
+  }
+  const shown = await diagnose(until(() => /› \S+\s+upstream\.test:\d+/.test(screen()) && screen(), 150_000, 'the pending request on screen'))
+  if (!shown) return
   t.match(shown, /Pending approvals \(1\)/)
   t.match(shown, /engine\s+healthy/)
-  execFileSync('tmux', ['send-keys', '-t', session, 'a'])
-  const after = await until(() => /approved \S+ \(upstream\.test:\d+\) for this session/.test(screen()) && screen(), 20_000, 'the approval on screen')
+  tm('send-keys', '-t', session, 'a')
+  const after = await diagnose(until(() => /approved \S+ \(upstream\.test:\d+\) for this session/.test(screen()) && screen(), 20_000, 'the approval on screen'))
+  if (!after) return
   t.match(after, /Pending approvals \(0\)/)
   await done
-  t.equal(body, 'through', 'the waiting request went through after the key press')
-  execFileSync('tmux', ['send-keys', '-t', session, '?'])
-  t.match(await until(() => /approve and persist/.test(screen()) && screen(), 10_000, 'help'), /cordon approve ID --persist/)
-  execFileSync('tmux', ['send-keys', '-t', session, 'x'])
-  execFileSync('tmux', ['send-keys', '-t', session, 'q'])
+  t.equal(body, 'through', `the waiting request went through after the key press (client ${clientState})`)
+  tm('send-keys', '-t', session, '?')
+  const help = await diagnose(until(() => /approve and persist/.test(screen()) && screen(), 10_000, 'help'))
+  if (!help) return
+  t.match(help, /cordon approve ID --persist/)
+  tm('send-keys', '-t', session, 'x')
+  tm('send-keys', '-t', session, 'q')
   await until(() => {
     try {
-      execFileSync('tmux', ['has-session', '-t', session], { stdio: 'ignore' })
+      tm('has-session', '-t', session)
       return false
     } catch {
       return true
