@@ -36,8 +36,8 @@ stage() {
 skip_stage() { report+=("$1: SKIPPED: $2"); echo "=== stage $1 skipped: $2"; }
 has() { [[ ",$stages," == *",$1,"* ]]; }
 
-# test/supervisor/term-tmux.test.ts runs alone, after the suite: it passes by itself but timed out
-# in two full clean-clone runs while the other supervisor tests ran beside it (cause not found yet)
+# test/supervisor/term-tmux.test.ts runs alone, after the suite (it drives a real terminal and is the
+# one test that reads screen timing; it now uses a tmux server of its own and prints the screen on failure)
 ALONE=test/supervisor/term-tmux.test.ts
 if has suite; then
   stage suite bash -c "npx tap --reporter=tap \$(find test -name '*.test.ts' ! -path $ALONE | sort | tr '\n' ' ') | CORDON_TAP_LOG=.tap/raw-suite.tap node scripts/tap-summary.mjs"
