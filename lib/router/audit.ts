@@ -3,14 +3,20 @@
  * message copied into a record can carry a key. Prompt text is recorded only when the config's
  * audit.prompts is true.
  *
- * Durability: a call's record is on disk (write + fdatasync) before the router finishes the
- * response to the client, so a call the client saw complete is never missing after a kill -9 or
- * a power cut. To keep this cheap the file is written by group commit: records that arrive while
- * a write+fdatasync is in flight are gathered and committed together by the next one (one
- * write(2) and one fdatasync(2) per batch, on the libuv threadpool, not per call on the event
- * loop). The server holds each response's end() until its record's batch is committed.
+ * Durability, in two steps:
+ *  - a call's record is written (write(2), O_APPEND) before the router finishes the response to the
+ *    client. From then on it is in the kernel's page cache: a `kill -9` of the router, or any other
+ *    death of the process, cannot lose it. A call the client saw complete is always in the audit.
+ *  - fdatasync (against a power cut or a kernel crash) runs off the event loop on a bounded
+ *    interval (`audit.sync_ms`, default 100 ms): at most that window of records can be lost to a
+ *    power cut. `sync_ms: 0` makes every response wait for the fdatasync that covers its record;
+ *    concurrent calls share one fdatasync (group commit), so the strict mode costs one fdatasync
+ *    per batch, not per call.
+ * The write is synchronous on purpose: one small append to the page cache costs a few
+ * microseconds, less than a round trip to the threadpool, and it leaves no window in which a
+ * completed call's record exists only in this process's memory.
  */
-import { closeSync, fdatasync, fdatasyncSync, mkdirSync, openSync, write, writeSync } from 'node:fs'
+import { closeSync, fdatasync, fdatasyncSync, mkdirSync, openSync, writeSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { Redactor } from './redact.js'
 
@@ -40,10 +46,16 @@ type Dest = { write(s: string): unknown }
 
 export class AuditLog {
   private fd: number | null = null
-  private pending: string[] = []
-  private waiters: Array<() => void> = []
-  private flushing = false
+  /** fdatasync interval in ms; 0 = every commit waits for the fdatasync covering its record */
+  syncMs = 100
+  private syncing = false
+  private dirty = false
+  private timer: NodeJS.Timeout | null = null
+  /** commits waiting for the fdatasync in flight (strict mode) / for the one after it */
+  private waiting: Array<() => void> = []
+  private nextRound: Array<() => void> = []
   private idle: Array<() => void> = []
+  fsyncs = 0
   /** Set by the server: where a failed audit write is reported (the call itself still completes). */
   onError: (e: Error) => void = () => {}
 
@@ -59,8 +71,8 @@ export class AuditLog {
   }
 
   /**
-   * Append a record; `done` runs once it is durable (at once when there is no audit file or the
-   * sink is an in-memory test destination).
+   * Append a record; `done` runs once it is written (and, with syncMs 0, on stable storage). With
+   * no audit file, or an in-memory test destination, `done` runs at once.
    */
   commit(rec: AuditRecord, done: () => void): void {
     const line = this.redactor.string(JSON.stringify(rec)) + '\n'
@@ -69,59 +81,80 @@ export class AuditLog {
       done()
       return
     }
-    this.pending.push(line)
-    this.waiters.push(done)
-    if (!this.flushing) this.flush()
+    try {
+      const buf = Buffer.from(line)
+      let off = 0
+      while (off < buf.length) off += writeSync(this.fd, buf, off)
+      this.dirty = true
+    } catch (e) {
+      this.onError(e as Error)
+    }
+    if (this.syncMs > 0) {
+      done()
+      if (!this.syncing) this.schedule()
+      return
+    }
+    if (this.syncing) this.nextRound.push(done)
+    else {
+      this.waiting.push(done)
+      this.sync()
+    }
   }
 
-  /** Append a record without waiting (compatibility); it is committed with the next batch. */
+  /** Append a record without waiting (compatibility). */
   write(rec: AuditRecord): void {
     this.commit(rec, () => {})
   }
 
-  private flush(): void {
+  /** fdatasync what was written so far; records written meanwhile go to the next round. */
+  private sync(): void {
     const fd = this.fd
-    if (fd === null || !this.pending.length) {
-      this.flushing = false
+    if (fd === null || (!this.dirty && !this.waiting.length)) {
       for (const f of this.idle.splice(0)) f()
       return
     }
-    this.flushing = true
-    const buf = Buffer.from(this.pending.join(''))
-    const waiters = this.waiters
-    this.pending = []
-    this.waiters = []
-    const finish = (err: Error | null) => {
+    this.syncing = true
+    this.dirty = false
+    const batch = this.waiting
+    this.waiting = []
+    this.fsyncs++
+    fdatasync(fd, (err) => {
+      this.syncing = false
       if (err) this.onError(err)
-      for (const w of waiters) w()
-      this.flush()
-    }
-    const writeFrom = (off: number) => {
-      write(fd, buf, off, buf.length - off, null, (err, n) => {
-        if (err) return finish(err)
-        if (off + n < buf.length) return writeFrom(off + n)
-        fdatasync(fd, (e) => finish(e))
-      })
-    }
-    writeFrom(0)
+      for (const w of batch) w()
+      if (this.nextRound.length) {
+        this.waiting = this.nextRound
+        this.nextRound = []
+        this.sync()
+      } else if (this.idle.length) {
+        for (const f of this.idle.splice(0)) f()
+      } else if (this.dirty && this.syncMs > 0) this.schedule()
+    })
   }
 
-  /** Commit what is pending and close the file. */
+  private schedule(): void {
+    if (this.timer) return
+    this.timer = setTimeout(() => {
+      this.timer = null
+      this.sync()
+    }, this.syncMs)
+    this.timer.unref()
+  }
+
+  /** fdatasync what is written and close the file. */
   async close(): Promise<void> {
-    if (this.flushing) await new Promise<void>((r) => this.idle.push(r))
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+    if (this.syncing) await new Promise<void>((r) => this.idle.push(r))
     const fd = this.fd
     this.fd = null
     if (fd === null) return
     try {
-      if (this.pending.length) {
-        const buf = Buffer.from(this.pending.join(''))
-        let off = 0
-        while (off < buf.length) off += writeSync(fd, buf, off)
-        fdatasyncSync(fd)
-      }
+      fdatasyncSync(fd)
+    } catch (e) {
+      this.onError(e as Error)
     } finally {
-      for (const w of this.waiters.splice(0)) w()
-      this.pending = []
+      for (const w of [...this.waiting.splice(0), ...this.nextRound.splice(0)]) w()
       closeSync(fd)
     }
   }

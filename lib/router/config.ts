@@ -94,6 +94,8 @@ export interface CompiledConfig {
   listeners: ListenerSpec[]
   maxBodyBytes: number
   auditPrompts: boolean
+  /** fdatasync interval of the audit file in ms (0: every call waits for its fdatasync) */
+  auditSyncMs: number
   /** Every resolved key in this config, for redaction. */
   keys: string[]
 }
@@ -159,7 +161,7 @@ export const routerConfigSchema = {
     audit: {
       type: 'object',
       additionalProperties: false,
-      properties: { prompts: { type: 'boolean' } },
+      properties: { prompts: { type: 'boolean' }, sync_ms: { type: 'integer', minimum: 0, maximum: 10000 } },
     },
     prices: {
       type: 'object',
@@ -254,7 +256,7 @@ interface RawConfig {
   max_body_bytes?: number
   unmapped?: 'reject' | 'by-address'
   defaults?: { limits?: RawLimits; timeout_ms?: number; fallback_on?: FallbackCondition[] }
-  audit?: { prompts?: boolean }
+  audit?: { prompts?: boolean; sync_ms?: number }
   prices?: Record<string, Price>
   listeners?: Array<{ listen: string; sandbox?: string; identity_header?: string }>
   sandboxes?: Record<string, { addresses?: string[]; limits?: RawLimits }>
@@ -550,6 +552,7 @@ export function compileConfig(text: string, file: string, opts: LoadOptions = {}
     listeners,
     maxBodyBytes: raw.max_body_bytes ?? 10 * 1024 * 1024,
     auditPrompts: raw.audit?.prompts ?? false,
+    auditSyncMs: raw.audit?.sync_ms ?? 100,
     keys: [...keys],
   }
 }

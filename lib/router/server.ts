@@ -212,6 +212,7 @@ export class PrivacyRouter {
     for (const r of cfg.routes) for (const t of r.targets) if (t.keyError) this.log.warn({ route: r.name, target: t.label }, `no usable key: ${t.keyError}`)
     this.config = cfg
     this.keysHash = keysHash
+    this.audit.syncMs = cfg.auditSyncMs
     // close pools no route uses any more; close() lets requests in flight on them finish
     const origins = new Set(cfg.routes.flatMap((r) => r.targets.map((t) => t.origin)))
     for (const [o, p] of this.pools) {
@@ -427,8 +428,8 @@ export class PrivacyRouter {
       total_ms: 0,
       fallback: [],
     }
-    // the response is not finished (end) before the call's audit record is durable: end() is
-    // held here and released by the audit commit in the finally block below
+    // the response is not finished (end) before the call's audit record is written (and, with
+    // audit.sync_ms 0, fdatasync'd): end() is held here and released by the audit commit below
     const realEnd = res.end
     let heldEnd: unknown[] | null = null
     res.end = function (this: http.ServerResponse, ...args: unknown[]) {

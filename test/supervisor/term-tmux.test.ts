@@ -58,7 +58,7 @@ t.test('approve a pending request with one key in cordon term', { skip: tmux ? f
 
   const server = `cordon-test-${process.pid}`
   const session = 'term'
-  const tm = (...args: string[]) => execFileSync('tmux', ['-L', server, '-f', '/dev/null', ...args], { encoding: 'utf8' })
+  const tm = (...args: string[]) => execFileSync('tmux', ['-L', server, '-f', '/dev/null', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
   const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', LANG: 'C.UTF-8', TERM: 'tmux-256color' }
   const cmd = ['env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...CLI, 'term', '-f', s.file].map((a) => `'${a}'`).join(' ')
   tm('new-session', '-d', '-s', session, '-x', '160', '-y', '48', '-c', ROOT, cmd)
