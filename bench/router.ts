@@ -34,8 +34,10 @@ if (role === 'fake') {
   const f = await FakeProvider.start({ expectKey: KEY, record: false })
   process.stdout.write(JSON.stringify({ port: f.port }) + '\n')
 } else if (role === 'router') {
-  const { PrivacyRouter } = await import('../lib/router/index.js')
-  const { setKey } = await import('../lib/router/keys.js')
+  // the compiled package (dist/, what `cordon router` runs), not tsx's transpilation of lib/
+  const dist = process.env.BENCH_SOURCE === 'lib' ? '../lib' : (process.env.BENCH_DIST ?? '../dist')
+  const { PrivacyRouter } = (await import(`${dist}/router/index.js`)) as typeof import('../lib/router/index.js')
+  const { setKey } = (await import(`${dist}/router/keys.js`)) as typeof import('../lib/router/keys.js')
   const dir = process.argv[4]!
   const keys = join(dir, 'keys.json')
   setKey(keys, 'openai', KEY)
@@ -46,6 +48,7 @@ if (role === 'fake') {
   )
   const r = await PrivacyRouter.start({ config: cfg, listen: ['127.0.0.1:0'], keys, audit: join(dir, 'audit.jsonl'), state: join(dir, 'state'), logLevel: 'warn', watch: false })
   const a = r.addresses()[0]!
+  process.once('SIGINT', () => process.exit(0)) // a clean exit, so --cpu-prof can write its profile
   process.stdout.write(JSON.stringify({ port: Number(a.slice(a.lastIndexOf(':') + 1)) }) + '\n')
 } else if (role === 'floor') {
   // the least any Node proxy does: read the body, forward it with undici, send the answer back
@@ -72,6 +75,7 @@ if (role === 'fake') {
       )
     })
   })
+  process.once('SIGINT', () => process.exit(0))
   server.listen(0, '127.0.0.1', () => process.stdout.write(JSON.stringify({ port: (server.address() as { port: number }).port }) + '\n'))
 } else {
   await main()

@@ -14,7 +14,8 @@ import { chmodSync, existsSync, readFileSync, unlinkSync, watch, type FSWatcher 
 import { dirname, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { once, EventEmitter } from 'node:events'
-import { Pool, errors as undiciErrors } from 'undici'
+import { Pool, errors as undiciErrors, type Dispatcher } from 'undici'
+import { Readable } from 'node:stream'
 import { createGunzip, createBrotliDecompress, createInflate } from 'node:zlib'
 import pino from 'pino'
 import { compileConfig, ConfigError, hashText, matchCidr, type ApiFamily, type CompiledConfig, type ListenerSpec, type Route, type Target } from './config.js'
@@ -69,7 +70,7 @@ const ENDPOINTS: Record<string, { family: ApiFamily | 'any'; needsModel: boolean
 const FORWARD_REQ = new Set(['anthropic-version', 'anthropic-beta', 'openai-beta', 'accept', 'user-agent', 'idempotency-key', 'x-request-id'])
 /** Upstream response headers passed back (values redacted). */
 const FORWARD_RES_EXACT = new Set(['content-type', 'x-request-id', 'request-id', 'openai-processing-ms', 'openai-version', 'retry-after', 'retry-after-ms', 'cache-control'])
-const FORWARD_RES_PREFIX = ['x-ratelimit-', 'anthropic-ratelimit-']
+// and every header starting with x-ratelimit- or anthropic-ratelimit- (responseHeaders)
 
 interface Listener {
   spec: ListenerSpec
@@ -410,10 +411,12 @@ export class PrivacyRouter {
     let family: ApiFamily = anthropicHint ? 'anthropic' : 'openai'
     let sandbox = '?'
     const rid = requestId(req.headers['x-cordon-request-id'])
+    // one object shape for every record (a conditional spread here would put each record in
+    // dictionary mode); request_id is dropped from the JSON when undefined
     const rec: AuditRecord = {
       time: new Date().toISOString(),
       sandbox,
-      ...(rid ? { request_id: rid } : {}),
+      request_id: rid,
       route: null,
       model: null,
       upstream_model: null,
@@ -540,7 +543,9 @@ export class PrivacyRouter {
 
   private upstreamHeaders(req: http.IncomingMessage, t: Target, len: number): Record<string, string> {
     const h: Record<string, string> = {}
-    for (const [k, v] of Object.entries(req.headers)) {
+    const rh = req.headers
+    for (const k in rh) {
+      const v = rh[k]
       if (typeof v === 'string' && FORWARD_REQ.has(k)) h[k] = v
     }
     Object.assign(h, t.headers)
@@ -558,9 +563,10 @@ export class PrivacyRouter {
 
   private responseHeaders(up: Record<string, string | string[] | undefined>, route: Route, targetIndex: number): Record<string, string> {
     const out: Record<string, string> = {}
-    for (const [k, v] of Object.entries(up)) {
+    for (const k in up) {
+      const v = up[k]
       if (v === undefined) continue
-      if (FORWARD_RES_EXACT.has(k) || FORWARD_RES_PREFIX.some((p) => k.startsWith(p))) out[k] = this.redactor.string(Array.isArray(v) ? v.join(', ') : v)
+      if (FORWARD_RES_EXACT.has(k) || k.startsWith('x-ratelimit-') || k.startsWith('anthropic-ratelimit-')) out[k] = this.redactor.string(Array.isArray(v) ? v.join(', ') : v)
     }
     out['x-cordon-route'] = route.name
     out['x-cordon-target'] = String(targetIndex)
@@ -612,17 +618,19 @@ export class PrivacyRouter {
           }
         }
         const buf = Buffer.from(JSON.stringify(payload))
-        let up: Awaited<ReturnType<Pool['request']>>
+        let up: UpstreamAnswer
         try {
-          up = await this.pool(t.origin).request({
-            method: 'POST',
+          const opts = {
+            method: 'POST' as const,
             path: t.basePath + rest,
             headers: this.upstreamHeaders(req, t, buf.length),
             body: buf,
-            signal: ac,
             headersTimeout: t.timeoutMs,
             bodyTimeout: t.timeoutMs,
-          })
+          }
+          // a non-streamed call is read whole anyway: collect it in a dispatch handler (no
+          // Readable, no async iterator per call); a streamed one needs the body as a stream
+          up = isStream ? await this.pool(t.origin).request({ ...opts, signal: ac }) : await requestBuffered(this.pool(t.origin), opts, ac)
         } catch (e) {
           if (clientGone) {
             rec.client_aborted = true
@@ -644,7 +652,7 @@ export class PrivacyRouter {
         const st = up.statusCode
         const cond = st === 429 ? '429' : st >= 500 ? '5xx' : null
         if (st >= 300 && st < 400) {
-          up.body.dump().catch(() => {})
+          discard(up)
           this.metrics.upstreamErrors.inc({ route: route.name, target: t.label, reason: 'redirect' })
           rec.fallback.push({ target: t.label, reason: 'redirect', status: st })
           lastFailure = { kind: 'upstream', message: `upstream ${t.label} answered with a redirect (${st}); the router does not follow redirects, check base_url` }
@@ -652,7 +660,7 @@ export class PrivacyRouter {
         }
         if (cond) this.metrics.upstreamErrors.inc({ route: route.name, target: t.label, reason: String(st) })
         if (cond && !last && route.fallbackOn.has(cond)) {
-          up.body.dump().catch(() => {})
+          discard(up)
           rec.fallback.push({ target: t.label, reason: cond, status: st })
           this.metrics.fallbacks.inc({ route: route.name })
           continue
@@ -668,22 +676,27 @@ export class PrivacyRouter {
           // redaction and usage accounting see the real bytes
           const dec = enc === 'gzip' || enc === 'x-gzip' ? createGunzip() : enc === 'br' ? createBrotliDecompress() : enc === 'deflate' ? createInflate() : null
           if (!dec) {
-            up.body.dump().catch(() => {})
+            discard(up)
             lastFailure = { kind: 'upstream', message: `upstream ${t.label} answered with content-encoding ${enc}, which the router cannot decode` }
             rec.fallback.push({ target: t.label, reason: 'encoding' })
             break
           }
-          up.body.on('error', (e) => dec.destroy(e))
-          ;(up as { body: unknown }).body = up.body.pipe(dec)
+          if ('body' in up) {
+            up.body.on('error', (e) => dec.destroy(e))
+            ;(up as { body: unknown }).body = up.body.pipe(dec)
+          } else {
+            const whole = up.whole
+            up = { statusCode: up.statusCode, headers: up.headers, whole: whole.then((b) => readAll(Readable.from([b]).pipe(dec))) }
+          }
         }
-        if (isStream && st < 300 && ct.includes('text/event-stream')) {
+        if ('body' in up && st < 300 && ct.includes('text/event-stream')) {
           await this.pipeStream(up, res, headers, rec, t0, route, filterUsage, ac)
         } else {
           // buffered (non-streamed, or an error answer): read all, then send; an error while
           // reading is still before anything reached the client, so it may fall back
           let out: Buffer
           try {
-            out = await readAll(up.body)
+            out = await ('whole' in up ? up.whole : readAll(up.body))
           } catch (e) {
             if (clientGone) {
               rec.client_aborted = true
@@ -744,7 +757,7 @@ export class PrivacyRouter {
   }
 
   private async pipeStream(
-    up: Awaited<ReturnType<Pool['request']>>,
+    up: StreamedAnswer,
     res: http.ServerResponse,
     headers: Record<string, string>,
     rec: AuditRecord,
@@ -906,6 +919,67 @@ class Aborter extends EventEmitter {
     this.aborted = true
     this.emit('abort')
   }
+}
+
+type StreamedAnswer = Awaited<ReturnType<Pool['request']>>
+/** A non-streamed upstream answer: status and headers, and the whole body once it has arrived. */
+interface BufferedAnswer {
+  statusCode: number
+  headers: Record<string, string | string[] | undefined>
+  whole: Promise<Buffer>
+}
+type UpstreamAnswer = StreamedAnswer | BufferedAnswer
+
+/** Drop an answer the router will not forward (a fallback, a redirect). */
+function discard(up: UpstreamAnswer): void {
+  if ('body' in up) up.body.dump().catch(() => {})
+  else up.whole.catch(() => {})
+}
+
+/**
+ * POST through the pool with a dispatch handler that collects the body: resolves at the response
+ * headers (errors before them reject: connect, headers timeout, abort), and `whole` resolves with
+ * the body at its end (errors after the headers reject `whole`: body timeout, reset). The same
+ * timeouts and abort signal as Pool.request, without a Readable per call.
+ */
+function requestBuffered(pool: Pool, opts: Dispatcher.DispatchOptions, signal: Aborter): Promise<BufferedAnswer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let started = false
+    let controller: Dispatcher.DispatchController | null = null
+    let endWhole: (b: Buffer) => void = () => {}
+    let failWhole: (e: Error) => void = () => {}
+    const whole = new Promise<Buffer>((a, b) => {
+      endWhole = a
+      failWhole = b
+    })
+    whole.catch(() => {}) // a caller that discards the answer does not await it
+    const onAbort = () => controller?.abort(new undiciErrors.RequestAbortedError())
+    signal.once('abort', onAbort)
+    pool.dispatch(opts, {
+      onRequestStart(c: Dispatcher.DispatchController) {
+        controller = c
+        if (signal.aborted) c.abort(new undiciErrors.RequestAbortedError())
+      },
+      onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>) {
+        if (statusCode < 200) return // 1xx informational: the answer follows
+        started = true
+        resolve({ statusCode, headers, whole })
+      },
+      onResponseData(_c: Dispatcher.DispatchController, chunk: Buffer) {
+        chunks.push(chunk)
+      },
+      onResponseEnd() {
+        signal.off('abort', onAbort)
+        endWhole(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks))
+      },
+      onResponseError(_c: Dispatcher.DispatchController, err: Error) {
+        signal.off('abort', onAbort)
+        if (started) failWhole(err)
+        else reject(err)
+      },
+    })
+  })
 }
 
 function readAll(body: NodeJS.ReadableStream): Promise<Buffer> {

@@ -8,6 +8,7 @@
  *   // point a router target at fake.baseUrl ("http://127.0.0.1:PORT/v1")
  *   fake.failNext({ status: 500 })          // next request gets a 500 in the API's format
  *   fake.failNext({ hang: true })           // next request never gets headers
+ *   fake.failNext({ stallBody: true })      // headers and a few bytes, then the body stalls
  *   fake.requests[0].headers.authorization  // what the provider saw
  *   await fake.close()
  *
@@ -26,6 +27,7 @@ export type FakeDirective =
   | { hang: true }
   | { delayMs: number }
   | { dropConnection: true }
+  | { stallBody: true }
 
 export interface ReceivedRequest {
   method: string
@@ -138,6 +140,13 @@ export class FakeProvider extends EventEmitter {
     if (d && 'hang' in d) {
       res.on('close', () => this.emit('hung-closed'))
       return // never answer
+    }
+    if (d && 'stallBody' in d) {
+      // headers and the first bytes of a JSON answer, then nothing: a body timeout for the reader
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' })
+      res.write('{"id":"chatcmpl_stall",')
+      res.on('close', () => this.emit('stalled-closed'))
+      return
     }
     if (d && 'dropConnection' in d) {
       req.socket.destroy()

@@ -136,6 +136,19 @@ t.test('client disconnect cancels the upstream stream', async (t) => {
   t.equal(h.audit().at(-1)!.client_aborted, true, 'audited as client_aborted')
 })
 
+t.test('a non-streamed answer whose body stalls after the headers falls back on timeout', async (t) => {
+  const closed = new Promise((r) => a.once('stalled-closed', r))
+  a.failNext({ stallBody: true })
+  const t0 = Date.now()
+  const r = await ask()
+  t.equal(r.choices[0]!.message.content, 'hello from b', 'the next target answered')
+  t.ok(Date.now() - t0 >= 350, 'after the body timeout of the first target')
+  const rec = h.audit().at(-1)!
+  t.same(rec.fallback, [{ target: 'chain[0] openai/a-model', reason: 'timeout' }])
+  t.equal(rec.target, 'chain[1] openai/b-model')
+  t.ok(await Promise.race([closed.then(() => true), sleep(2000).then(() => false)]), 'the stalled upstream connection was closed')
+})
+
 t.test('a client that gives up on a slow non-streamed call cancels it upstream', async (t) => {
   const closed = new Promise((r) => a.once('hung-closed', r))
   const ac = new AbortController()
