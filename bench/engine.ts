@@ -6,6 +6,8 @@
  *   2. added latency per small HTTP request through the gate vs direct, keep-alive both ways
  *      (p50, p99; goal p50 < 0.3 ms)
  *   3. the same with a new connection per request (each one a fresh, fdatasync'd decision)
+ * Beside direct, a bare Node forward proxy (bench/floor-proxy.mjs: node:http + pipe, no policy,
+ * no audit) runs the same work: the least any Node proxy costs on this machine.
  * Run: npx tsx bench/engine.ts [--mb 100] [--n 3000]
  */
 import http from 'node:http'
@@ -13,6 +15,7 @@ import net from 'node:net'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { spawn } from 'node:child_process'
 import { startUpstream, spawnEngine, tmpdir } from '../test/engine/helpers.js'
 
 const arg = (k: string, d: number) => {
@@ -101,8 +104,10 @@ const up = await startUpstream('127.0.0.2')
 const dir = tmpdir('cordon-bench-engine-')
 const policy = path.join(dir, 'policy.yaml')
 fs.writeFileSync(policy, `network:\n  mode: proxy\n  allow:\n    - api.example.com:${up.port}\n    - { cidr: 127.0.0.2/32, ports: [${up.port}] }\n`)
-const e = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine.sock'), '--audit', path.join(dir, 'audit.jsonl'), '--resolve', `api.example.com=127.0.0.2`])
+const e = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine.sock'), '--audit', path.join(dir, 'audit.jsonl'), '--resolve', `api.example.com=127.0.0.2`], {}, [], process.env.BENCH_SOURCE !== 'lib')
 const gate = e.ready.gate
+const floorProc = spawn(process.execPath, [path.join(import.meta.dirname, 'floor-proxy.mjs'), '127.0.0.2'], { stdio: ['ignore', 'pipe', 'inherit'] })
+const floor = { host: '127.0.0.1', port: await new Promise<number>((resolve) => floorProc.stdout!.once('data', (d) => resolve(JSON.parse(String(d)).port))) }
 try {
   console.log(`cordon egress gate benchmark (engine pid ${e.ready.pid}, audit fdatasync on, ${new Date().toISOString()})`)
   // 1. throughput
@@ -111,31 +116,41 @@ try {
   // sensitive to other load on the machine than best-of-N of each side
   const direct: number[] = []
   const tunnel: number[] = []
+  const floorT: number[] = []
   const ratios: number[] = []
+  const floorRatios: number[] = []
   const RUNS = arg('runs', 5)
   for (let i = 0; i < RUNS; i++) {
     const d = await download(up.port, '127.0.0.2', null, bytes)
     const tt = await download(gate.port, gate.host, `api.example.com:${up.port}`, bytes)
+    const ft = await download(floor.port, floor.host, `127.0.0.2:${up.port}`, bytes)
     direct.push(d)
     tunnel.push(tt)
+    floorT.push(ft)
     ratios.push(d / tt)
+    floorRatios.push(d / ft)
   }
   const mbps = (ms: number) => (MB / (ms / 1000)).toFixed(0)
   console.log(`\n1. ${MB} MB download, ${RUNS} alternating runs each (load average ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} CPUs)`)
   console.log(`   direct            median ${mbps(pct(direct, 50))} MB/s  best ${mbps(Math.min(...direct))} MB/s`)
   console.log(`   CONNECT tunnel    median ${mbps(pct(tunnel, 50))} MB/s  best ${mbps(Math.min(...tunnel))} MB/s`)
-  console.log(`   ratio             median of pairs ${pct(ratios, 50).toFixed(2)}, best/best ${(Math.min(...direct) / Math.min(...tunnel)).toFixed(2)}  (goal >= 0.8)`)
+  console.log(`   bare Node proxy   median ${mbps(pct(floorT, 50))} MB/s  best ${mbps(Math.min(...floorT))} MB/s`)
+  console.log(`   ratio             median of pairs ${pct(ratios, 50).toFixed(2)}, best/best ${(Math.min(...direct) / Math.min(...tunnel)).toFixed(2)}  (goal >= 0.8; bare Node proxy ${pct(floorRatios, 50).toFixed(2)})`)
 
   // 2. small requests, keep-alive
   const d = await latency(N, { proxy: null, upstream: up, keepAlive: true })
   const cpu0 = engineCpuMs(e.ready.pid)
   const g = await latency(N, { proxy: gate, upstream: up, keepAlive: true })
   const cpuPerReq = (engineCpuMs(e.ready.pid) - cpu0) / (N + Math.min(200, N / 5))
+  const f0 = engineCpuMs(floorProc.pid!)
+  const fl = await latency(N, { proxy: floor, upstream: up, keepAlive: true })
+  const floorCpu = (engineCpuMs(floorProc.pid!) - f0) / (N + Math.min(200, N / 5))
   console.log(`\n2. small HTTP request, keep-alive, ${N} sequential requests`)
   console.log(`   direct            p50 ${pct(d, 50).toFixed(3)} ms  p99 ${pct(d, 99).toFixed(3)} ms`)
   console.log(`   through the gate  p50 ${pct(g, 50).toFixed(3)} ms  p99 ${pct(g, 99).toFixed(3)} ms`)
-  console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms  (goal p50 < 0.3 ms)`)
-  console.log(`   engine CPU        ${cpuPerReq.toFixed(3)} ms per request (user+system, includes its audit write)`)
+  console.log(`   bare Node proxy   p50 ${pct(fl, 50).toFixed(3)} ms  p99 ${pct(fl, 99).toFixed(3)} ms`)
+  console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms  (goal p50 < 0.3 ms; bare Node proxy adds p50 ${(pct(fl, 50) - pct(d, 50)).toFixed(3)} ms)`)
+  console.log(`   engine CPU        ${cpuPerReq.toFixed(3)} ms per request (user+system, includes its audit write); bare Node proxy ${floorCpu.toFixed(3)} ms`)
 
   // 3. new connection per request: every request is a new decision, fdatasync'd before it takes effect
   const n3 = Math.min(N, 1000)
@@ -146,6 +161,7 @@ try {
   console.log(`   through the gate  p50 ${pct(g3, 50).toFixed(3)} ms  p99 ${pct(g3, 99).toFixed(3)} ms`)
   console.log(`   added             p50 ${(pct(g3, 50) - pct(d3, 50)).toFixed(3)} ms  p99 ${(pct(g3, 99) - pct(d3, 99)).toFixed(3)} ms`)
 } finally {
+  floorProc.kill('SIGTERM')
   await e.stop()
   await up.close()
   fs.rmSync(dir, { recursive: true, force: true })

@@ -7,8 +7,12 @@
  * returns a promise that resolves after fdatasync. fdatasync costs ~0.25 ms on this class of disk,
  * so commits are grouped: every record written while one fdatasync is in flight is covered by the
  * next one (group commit), and a burst of N decisions costs two fdatasyncs, not N.
- * `append()` writes without waiting (connection-end records, repeats of a decision already made
- * durable on the same connection); a timer flushes those within `lazyMs`.
+ * `append()` writes without waiting (repeats of a decision already made durable on the same
+ * connection, reloads, approvals); a timer fdatasyncs those within `lazyMs`.
+ * `appendSoon()` is for connection-end records (bytes and duration): they are not decisions, so
+ * they are not worth a write(2) of their own on the request path; they go to the file with the
+ * next record written or within `soonMs` (20 ms), whichever comes first, and on close. A kill -9
+ * can lose at most that window of end records, never a decision.
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -24,7 +28,12 @@ export class AuditLog {
   private nextRound: Array<() => void> = []
   private dirty = false
   private lazyTimer: NodeJS.Timeout | null = null
+  /** the last ringSize lines, circular: ring[(ringHead + i) % ringSize] */
   private readonly ring: string[] = []
+  private ringHead = 0
+  private soon: string[] = []
+  private soonTimer: NodeJS.Timeout | null = null
+  private readonly soonMs = 20
   private readonly followers = new Set<(line: string, rec: AuditRecord) => void>()
   fsyncs = 0
   records = 0
@@ -41,15 +50,49 @@ export class AuditLog {
     }
   }
 
-  private write(rec: AuditRecord): string {
+  private write(rec: AuditRecord, soon = false): string {
     const line = JSON.stringify(rec)
     if (this.fd !== null) {
-      fs.writeSync(this.fd, line + '\n')
-      this.dirty = true
+      if (soon) {
+        this.soon.push(line)
+        if (!this.soonTimer) {
+          this.soonTimer = setTimeout(() => this.writeSoon(), this.soonMs)
+          this.soonTimer.unref()
+        }
+      } else {
+        // records waiting for a write go first, in the order they were made
+        const text = this.soon.length ? this.takeSoon() + line + '\n' : line + '\n'
+        fs.writeSync(this.fd, text)
+        this.dirty = true
+      }
     }
     this.records++
-    this.ring.push(line)
-    if (this.ring.length > this.ringSize) this.ring.splice(0, this.ring.length - this.ringSize)
+    if (this.ring.length < this.ringSize) this.ring.push(line)
+    else {
+      this.ring[this.ringHead] = line
+      this.ringHead = (this.ringHead + 1) % this.ringSize
+    }
+    this.emit(line, rec)
+    return line
+  }
+
+  private takeSoon(): string {
+    const text = this.soon.join('\n') + '\n'
+    this.soon = []
+    if (this.soonTimer) clearTimeout(this.soonTimer)
+    this.soonTimer = null
+    return text
+  }
+
+  private writeSoon(): void {
+    this.soonTimer = null
+    if (this.fd === null || !this.soon.length) return
+    fs.writeSync(this.fd, this.takeSoon())
+    this.dirty = true
+    this.scheduleLazy()
+  }
+
+  private emit(line: string, rec: AuditRecord): void {
     for (const f of this.followers) {
       try {
         f(line, rec)
@@ -57,7 +100,6 @@ export class AuditLog {
         /* a broken follower must not break auditing */
       }
     }
-    return line
   }
 
   /** Write now; resolve once the record is on stable storage (group commit). */
@@ -77,6 +119,11 @@ export class AuditLog {
   append(rec: AuditRecord): void {
     this.write(rec)
     this.scheduleLazy()
+  }
+
+  /** Write with the next record or within soonMs (connection-end records); fdatasync lazily. */
+  appendSoon(rec: AuditRecord): void {
+    this.write(rec, true)
   }
 
   private scheduleLazy(): void {
@@ -112,7 +159,11 @@ export class AuditLog {
   }
 
   tail(n: number): string[] {
-    if (n <= this.ring.length || this.fd === null || !this.file) return this.ring.slice(-n)
+    if (n <= this.ring.length || this.fd === null || !this.file) {
+      const ordered = this.ring.length < this.ringSize ? this.ring : [...this.ring.slice(this.ringHead), ...this.ring.slice(0, this.ringHead)]
+      return ordered.slice(-n)
+    }
+    if (this.soon.length) this.writeSoon()
     return tailFile(this.file, n)
   }
 
@@ -123,6 +174,7 @@ export class AuditLog {
 
   close(): void {
     if (this.lazyTimer) clearTimeout(this.lazyTimer)
+    if (this.fd !== null && this.soon.length) fs.writeSync(this.fd, this.takeSoon())
     if (this.fd !== null) {
       try {
         fs.fdatasyncSync(this.fd)

@@ -414,7 +414,7 @@ export class PrivacyRouter {
     // one object shape for every record (a conditional spread here would put each record in
     // dictionary mode); request_id is dropped from the JSON when undefined
     const rec: AuditRecord = {
-      time: new Date().toISOString(),
+      time: isoNow(),
       sandbox,
       request_id: rid,
       route: null,
@@ -1000,6 +1000,16 @@ function requestId(v: string | string[] | undefined): string | undefined {
   const s = Array.isArray(v) ? v[0] : v
   if (!s) return undefined
   return s.slice(0, 128).replace(/[^\x21-\x7e]/g, '_')
+}
+
+/** ISO time of now; the part up to the second is formatted once per second */
+let isoSec = -1
+let isoPrefix = ''
+function isoNow(): string {
+  const ms = Date.now()
+  const sec = Math.floor(ms / 1000)
+  if (sec !== isoSec) [isoSec, isoPrefix] = [sec, new Date(sec * 1000).toISOString().slice(0, 20)]
+  return `${isoPrefix}${String(ms % 1000).padStart(3, '0')}Z`
 }
 
 function round(ms: number): number {

@@ -159,8 +159,11 @@ export interface EngineProc {
 }
 
 /** Run `cordon engine` in a child process (through the test CLI entry) and wait for its ready line. */
-export async function spawnEngine(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Promise<EngineProc> {
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', CLI, 'engine', ...args], {
+/** Start `cordon engine` from lib/ through tsx, or with `compiled` the built package (bin/cordon.js
+ * -> dist/, what users run; benchmarks use it). */
+export async function spawnEngine(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = [], compiled = false): Promise<EngineProc> {
+  const entry = compiled ? [path.join(ROOT, 'bin', 'cordon.js')] : ['--import', 'tsx', CLI]
+  const child = spawn(process.execPath, [...nodeArgs, ...entry, 'engine', ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
