@@ -14,6 +14,8 @@ import path from 'node:path'
 import dns from 'node:dns'
 import { randomBytes } from 'node:crypto'
 import { Registry, Counter, Gauge } from 'prom-client'
+import { Agent, type Dispatcher } from 'undici'
+import type { Readable } from 'node:stream'
 import { AuditLog, type AuditRecord, type SyncMode } from './audit.js'
 import { parseIP, formatIP } from './ip.js'
 import {
@@ -150,7 +152,11 @@ const HOP = new Set([
   'transfer-encoding',
   'upgrade',
   'host',
+  'expect', // Node's server already answered 100-continue to the client; undici refuses it upstream
 ])
+
+/** hop-by-hop response headers (RFC 9110 7.6.1) the gate does not pass back to the client */
+const HOP_RESPONSE = new Set(['keep-alive', 'transfer-encoding', 'proxy-authenticate', 'proxy-connection', 'te', 'trailer', 'upgrade'])
 
 /** ISO time of now; the part up to the second is formatted once per second (toISOString on every
  * record was the costliest line of the request path) */
@@ -272,7 +278,10 @@ export class Engine {
   private server: http.Server | null = null
   private socksServer: net.Server | null = null
   private unixServer: net.Server | null = null
-  private readonly agent: http.Agent
+  /** keep-alive pools to upstream origins for plain HTTP */
+  private readonly upstream: Agent
+  /** upstream headers/body idle timeout for plain HTTP, ms */
+  private readonly upstreamTimeoutMs: number
   private watcher: fs.FSWatcher | null = null
   private pollTimer: NodeJS.Timeout | null = null
   private reloadTimer: NodeJS.Timeout | null = null
@@ -291,7 +300,8 @@ export class Engine {
   constructor(opts: EngineOptions) {
     this.opts = opts
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
-    this.agent = new http.Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo', timeout: 60_000 })
+    this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
+    this.upstreamTimeoutMs = Math.min(opts.tunnelIdleMs ?? 3_600_000, 3_600_000)
     if (opts.router) this.services.set('inference.local', opts.router)
     if (opts.gateway) this.services.set('gateway.local', opts.gateway)
     for (const [k, v] of Object.entries(opts.services ?? {})) this.services.set(normalizeHost(k), v)
@@ -481,7 +491,7 @@ export class Engine {
     if (this.reloadTimer) clearTimeout(this.reloadTimer)
     for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer)
     for (const s of this.sockets) s.destroy()
-    this.agent.destroy()
+    void this.upstream.destroy().catch(() => {})
     if (this.socksServer) await new Promise<void>((r) => this.socksServer!.close(() => r()))
     if (this.unixServer) await new Promise<void>((r) => this.unixServer!.close(() => r()))
     if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
@@ -999,57 +1009,90 @@ export class Engine {
       done = true
       this.endRecord(o, started, bytesIn, bytesOut, err)
     }
-    const up = http.request({
-      host: o.address!,
-      port: o.port,
-      method: req.method,
-      path: url.pathname + url.search,
-      headers: headers as unknown as http.OutgoingHttpHeaders,
-      agent: this.agent,
-      setHost: false,
-    })
-    up.on('socket', (s: net.Socket) => s.setNoDelay(true))
-    up.on('response', (ur) => {
-      const out: string[] = []
-      const urh = ur.rawHeaders
-      for (let i = 0; i < urh.length; i += 2) {
-        const k = urh[i]!.toLowerCase()
-        if (k === 'connection' || k === 'keep-alive' || k === 'transfer-encoding' || k === 'proxy-authenticate') continue
-        out.push(urh[i]!, urh[i + 1]!)
+    // the upstream leg: undici's dispatch with a handler that writes straight into the client's
+    // response (raw header names kept, backpressure by pausing the upstream read); cheaper per
+    // request than http.request + pipe
+    const hasBody = !(req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined && req.complete)
+    // the body is read by undici when the upstream connection is ready; counting through a
+    // generator (not a 'data' listener, which would start the flow before undici reads)
+    const counted = async function* (): AsyncGenerator<Buffer> {
+      for await (const c of req as AsyncIterable<Buffer>) {
+        bytesOut += c.length
+        yield c
       }
-      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out)
-      ur.on('data', (c: Buffer) => {
-        bytesIn += c.length
-      })
-      ur.pipe(res)
-      ur.on('end', () => finish())
-      ur.on('error', () => {
-        finish('upstream aborted')
-        res.destroy()
-      })
-    })
-    up.on('error', (e: NodeJS.ErrnoException) => {
+    }
+    let abort: ((err: Error) => void) | null = null
+    let clientGone = false
+    const fail = (e: Error & { code?: string }) => {
+      const why = e.code && !e.code.startsWith('UND_ERR') ? e.code : e.message
       if (res.headersSent) {
-        finish(`upstream error ${e.code ?? e.message}`)
+        finish(`upstream error ${why}`)
         res.destroy()
         return
       }
-      const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
+      const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${why}.\n`
       res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) })
       res.end(body)
-      finish(`upstream error ${e.code ?? e.message}`)
-    })
-    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined && req.complete) {
-      up.end() // no body: send the request head now, without waiting for the 'end' event
-    } else {
-      req.on('data', (c: Buffer) => {
-        bytesOut += c.length
-      })
-      req.pipe(up)
+      finish(`upstream error ${why}`)
+    }
+    const handler: Dispatcher.DispatchHandler = {
+      onConnect: (a: (err?: Error) => void) => {
+        abort = a
+        if (clientGone) a(new Error('client went away'))
+      },
+      onHeaders: (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string) => {
+        if (statusCode < 200) return true // 1xx: the final answer follows
+        const out: string[] = []
+        let named: string[] | null = null // headers the upstream's Connection header names are hop-by-hop too
+        for (let i = 0; i < rawHeaders.length; i += 2) {
+          const name = rawHeaders[i]!.toString('latin1')
+          const k = name.toLowerCase()
+          if (k === 'connection') {
+            named = (named ?? ([] as string[])).concat(rawHeaders[i + 1]!.toString('latin1').toLowerCase().split(',').map((x) => x.trim()))
+            continue
+          }
+          if (HOP_RESPONSE.has(k)) continue
+          out.push(name, rawHeaders[i + 1]!.toString('latin1'))
+        }
+        if (named) for (let i = out.length - 2; i >= 0; i -= 2) if (named.includes(out[i]!.toLowerCase())) out.splice(i, 2)
+        res.writeHead(statusCode, statusText, out)
+        res.on('drain', resume)
+        return true
+      },
+      onData: (chunk: Buffer) => {
+        bytesIn += chunk.length
+        return res.write(chunk) // false pauses the upstream read until the client drains
+      },
+      onComplete: () => {
+        res.end()
+        finish()
+      },
+      onError: (e: Error) => {
+        if (clientGone) return
+        fail(e)
+      },
+    } as unknown as Dispatcher.DispatchHandler
+    try {
+      this.upstream.dispatch(
+        {
+          origin: `http://${o.address!.includes(':') ? `[${o.address}]` : o.address}:${o.port}`,
+          method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+          path: url.pathname + url.search,
+          headers,
+          body: hasBody ? (counted() as unknown as Readable) : null, // undici takes async iterables (its types list Readable only)
+          headersTimeout: this.upstreamTimeoutMs,
+          bodyTimeout: this.upstreamTimeoutMs,
+        },
+        handler,
+      )
+    } catch (e) {
+      fail(e as Error) // invalid request for undici (a header it refuses): answer 502 with the reason
+      return
     }
     res.on('close', () => {
       if (!res.writableFinished) {
-        up.destroy()
+        clientGone = true
+        abort?.(new Error('client went away'))
         finish('client went away')
       }
     })
