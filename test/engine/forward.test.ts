@@ -13,7 +13,7 @@ import path from 'node:path'
 import fs from 'node:fs'
 import { once } from 'node:events'
 import { Engine } from '../../lib/engine/engine.js'
-import { tmpdir, rawExchange, waitFor, readAudit } from './helpers.js'
+import { tmpdir, rawExchange, waitFor, readAudit, sendBytes } from './helpers.js'
 
 // an upstream on 127.0.0.2 that records what it received and can misbehave on request
 const seen: Array<{ method: string; url: string; rawHeaders: string[]; body: string }> = []
@@ -39,17 +39,7 @@ const upstream = http.createServer((req, res) => {
     if (u.pathname === '/big') {
       const n = Number(u.searchParams.get('n'))
       res.writeHead(200, { 'content-length': n, 'X-Upstream-Case': 'Kept', Connection: 'keep-alive, X-Hop', 'X-Hop': 'dropped', 'Keep-Alive': 'timeout=5' })
-      const chunk = Buffer.alloc(64 * 1024, 121)
-      let left = n
-      const pump = () => {
-        while (left > 0) {
-          const c = left >= chunk.length ? chunk : chunk.subarray(0, left)
-          left -= c.length
-          if (!res.write(c)) return void res.once('drain', pump)
-        }
-        res.end()
-      }
-      return pump()
+      return sendBytes(res, n, 121)
     }
     const text = `got ${req.method} ${req.url} ${body.length} bytes`
     res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(text), 'X-Upstream-Case': 'Kept' })

@@ -6,6 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { requestJson } from '../../lib/engine/client.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const CLI = path.join(ROOT, 'test', 'engine', 'fixtures', 'cli.ts')
@@ -30,25 +31,29 @@ export interface Upstream {
 }
 
 /** The stand-in for the internet: answers "hello <path>", /big?n=BYTES streams n bytes, /slow trickles. */
+/** Write n bytes of `fill` to res in 64 KiB chunks, honouring backpressure, then end it. */
+export function sendBytes(res: http.ServerResponse, n: number, fill: number): void {
+  const chunk = Buffer.alloc(64 * 1024, fill)
+  let left = n
+  const pump = () => {
+    while (left > 0) {
+      const c = left >= chunk.length ? chunk : chunk.subarray(0, left)
+      left -= c.length
+      if (!res.write(c)) return void res.once('drain', pump)
+    }
+    res.end()
+  }
+  pump()
+}
+
 export async function startUpstream(host = '127.0.0.2'): Promise<Upstream> {
   const requests: Upstream['requests'] = []
   const server = http.createServer((req, res) => {
     requests.push({ method: req.method!, url: req.url!, host: req.headers.host, headers: req.headers })
     const u = new URL(req.url!, 'http://x')
     if (u.pathname === '/big') {
-      const n = Number(u.searchParams.get('n') ?? 1e6)
-      const chunk = Buffer.alloc(64 * 1024, 120)
-      res.writeHead(200, { 'content-length': n })
-      let left = n
-      const pump = () => {
-        while (left > 0) {
-          const c = left >= chunk.length ? chunk : chunk.subarray(0, left)
-          left -= c.length
-          if (!res.write(c)) return void res.once('drain', pump)
-        }
-        res.end()
-      }
-      return pump()
+      res.writeHead(200, { 'content-length': Number(u.searchParams.get('n') ?? 1e6) })
+      return sendBytes(res, Number(u.searchParams.get('n') ?? 1e6), 120)
     }
     if (u.pathname === '/slow') {
       res.writeHead(200, { 'content-type': 'text/plain' })
@@ -227,4 +232,43 @@ export function readAudit(file: string): Array<Record<string, unknown>> {
     .split('\n')
     .filter(Boolean)
     .map((l) => JSON.parse(l))
+}
+
+/** A policy that asks the operator about unlisted hosts (approvals, restart and robustness tests). */
+export function askSetup(upstreamPort: number, unlisted = 'ask') {
+  const dir = tmpdir()
+  const policy = path.join(dir, 'policy.yaml')
+  fs.writeFileSync(
+    policy,
+    `# operator's comment: keep me
+network:
+  mode: proxy
+  unlisted: ${unlisted}   # ask the operator
+  allow:
+    - api.example.com:${upstreamPort}
+    - { cidr: 127.0.0.2/32, ports: [${upstreamPort}] }  # the test upstream lives on loopback
+`,
+  )
+  return { dir, policy, sock: path.join(dir, 'run', 'engine.sock'), audit: path.join(dir, 'audit.jsonl') }
+}
+
+/** `cordon engine` arguments for an askSetup() directory. */
+export function askEngineArgs(s: ReturnType<typeof askSetup>, extra: string[] = []) {
+  return [
+    '--policy', s.policy, '--listen', '127.0.0.1:0', '--control', s.sock, '--audit', s.audit,
+    '--ask-timeout', '30',
+    '--resolve', 'api.example.com=127.0.0.2', '--resolve', 'wait.example.com=127.0.0.2', '--resolve', 'nope.example.com=127.0.0.2',
+    ...extra,
+  ]
+}
+
+/** Wait until the engine behind `sock` holds a pending request for `host`; return it. */
+export async function pendingFor(sock: string, host: string): Promise<Record<string, unknown>> {
+  let found: Record<string, unknown> | undefined
+  await waitFor(async () => {
+    const r = await requestJson<Array<Record<string, unknown>>>({ socket: sock }, 'GET', '/v1/pending').catch(() => ({ body: [] }))
+    found = r.body.find((p) => p.host === host)
+    return !!found
+  }, 20_000, `pending ${host}`)
+  return found!
 }

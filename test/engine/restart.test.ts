@@ -4,50 +4,15 @@
  */
 import t from 'tap'
 import fs from 'node:fs'
-import net from 'node:net'
 import path from 'node:path'
-import { startUpstream, tmpdir, viaProxy, spawnEngine, runCli, waitFor, type EngineProc } from './helpers.js'
+import { startUpstream, viaProxy, spawnEngine, runCli, type EngineProc, askSetup, askEngineArgs as engineArgs, pendingFor } from './helpers.js'
 import { requestJson } from '../../lib/engine/client.js'
 
 const up = await startUpstream('127.0.0.2')
 const P = up.port
 t.teardown(() => up.close())
 
-function setup(unlisted = 'ask') {
-  const dir = tmpdir()
-  const policy = path.join(dir, 'policy.yaml')
-  fs.writeFileSync(
-    policy,
-    `# operator's comment: keep me
-network:
-  mode: proxy
-  unlisted: ${unlisted}   # ask the operator
-  allow:
-    - api.example.com:${P}
-    - { cidr: 127.0.0.2/32, ports: [${P}] }  # the test upstream lives on loopback
-`,
-  )
-  return { dir, policy, sock: path.join(dir, 'run', 'engine.sock'), audit: path.join(dir, 'audit.jsonl') }
-}
-
-function engineArgs(s: ReturnType<typeof setup>, extra: string[] = []) {
-  return [
-    '--policy', s.policy, '--listen', '127.0.0.1:0', '--control', s.sock, '--audit', s.audit,
-    '--ask-timeout', '30',
-    '--resolve', 'api.example.com=127.0.0.2', '--resolve', 'wait.example.com=127.0.0.2', '--resolve', 'nope.example.com=127.0.0.2',
-    ...extra,
-  ]
-}
-
-async function pendingFor(sock: string, host: string): Promise<Record<string, unknown>> {
-  let found: Record<string, unknown> | undefined
-  await waitFor(async () => {
-    const r = await requestJson<Array<Record<string, unknown>>>({ socket: sock }, 'GET', '/v1/pending').catch(() => ({ body: [] }))
-    found = r.body.find((p) => p.host === host)
-    return !!found
-  }, 20_000, `pending ${host}`)
-  return found!
-}
+const setup = (unlisted = 'ask') => askSetup(P, unlisted)
 
 t.test('an approval does not survive a restart unless persisted (--persist keeps comments)', async (t) => {
   const s = setup()
