@@ -127,24 +127,21 @@ function emitCondition(asm: Assembler, c: OciArg, is32: boolean, fail: Label): v
         break
       case 'SCMP_CMP_GT':
       case 'SCMP_CMP_GE':
-        if (isLast) asm.jmp(c.op === 'SCMP_CMP_GT' ? BPF.JGT_K : BPF.JGE_K, w.v, ok, fail)
-        else {
-          const eq = asm.label()
-          asm.jmp(BPF.JGT_K, w.v, ok, eq)
-          asm.bind(eq)
-          asm.jmp(BPF.JEQ_K, w.v, next, fail)
-        }
-        break
       case 'SCMP_CMP_LT':
-      case 'SCMP_CMP_LE':
-        if (isLast) asm.jmp(c.op === 'SCMP_CMP_LT' ? BPF.JGE_K : BPF.JGT_K, w.v, fail, ok)
+      case 'SCMP_CMP_LE': {
+        // LT is "not GE" and LE is "not GT": the same jumps with the outcomes swapped
+        const above = c.op === 'SCMP_CMP_GT' || c.op === 'SCMP_CMP_GE'
+        const [whenAbove, whenBelow] = above ? [ok, fail] : [fail, ok]
+        if (isLast) asm.jmp(c.op === 'SCMP_CMP_GT' || c.op === 'SCMP_CMP_LE' ? BPF.JGT_K : BPF.JGE_K, w.v, whenAbove, whenBelow)
         else {
+          // a higher word decides unless it is equal; then the next word does
           const eq = asm.label()
-          asm.jmp(BPF.JGT_K, w.v, fail, eq)
+          asm.jmp(BPF.JGT_K, w.v, whenAbove, eq)
           asm.bind(eq)
-          asm.jmp(BPF.JEQ_K, w.v, next, ok)
+          asm.jmp(BPF.JEQ_K, w.v, next, whenBelow)
         }
         break
+      }
     }
     if (!isLast) asm.bind(next)
   })
