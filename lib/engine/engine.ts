@@ -155,6 +155,9 @@ const HOP = new Set([
   'expect', // Node's server already answered 100-continue to the client; undici refuses it upstream
 ])
 
+/** the sandbox identity the gate vouches for on requests to cordon's services */
+const SANDBOX_HEADER = 'x-cordon-sandbox'
+
 /** hop-by-hop response headers (RFC 9110 7.6.1) the gate does not pass back to the client */
 const HOP_RESPONSE = new Set(['keep-alive', 'transfer-encoding', 'proxy-authenticate', 'proxy-connection', 'te', 'trailer', 'upgrade'])
 
@@ -997,10 +1000,14 @@ export class Engine {
     const connTokens = (req.headers.connection ?? '').toLowerCase().split(',').map((x) => x.trim())
     for (let i = 0; i < rh.length; i += 2) {
       const k = rh[i]!.toLowerCase()
-      if (HOP.has(k) || connTokens.includes(k)) continue
+      if (HOP.has(k) || connTokens.includes(k) || k === SANDBOX_HEADER) continue
       headers.push(rh[i]!, rh[i + 1]!)
     }
     headers.push('Host', url.host)
+    // cordon's own services learn which sandbox asked from the gate, never from the client: a
+    // client's x-cordon-sandbox is always dropped, and the gate sets its own for the router and
+    // gateway (their gate-facing listeners trust it: identity_header in router.yaml)
+    if (o.service) headers.push('x-cordon-sandbox', conn.sandbox)
     let bytesOut = 0
     let bytesIn = 0
     let done = false

@@ -135,6 +135,12 @@ t.test('inference.local reaches the router by absolute URI and by CONNECT :80', 
   t.equal(a.status, 200)
   t.equal(a.body, 'hello POST /v1/responses')
   t.equal(router.requests.at(-1)!.host, 'inference.local', 'the router sees Host: inference.local')
+  // the gate vouches for the sandbox identity; a client cannot claim another one
+  const spoof = await viaProxy(G, 'http://inference.local/v1/chat/completions', 'POST', 'X-Cordon-Sandbox: agent-admin\r\n')
+  t.equal(spoof.status, 200)
+  t.same(router.requests.at(-1)!.headers['x-cordon-sandbox'], '127.0.0.1', "the router sees the gate's identity for this client, not the claimed one")
+  await viaProxy(G, `http://api.example.com:${P}/who`, 'GET', 'X-Cordon-Sandbox: agent-admin\r\n')
+  t.equal(up.requests.at(-1)!.headers['x-cordon-sandbox'], undefined, 'never sent to outside hosts')
   const c = await connectVia(G, 'inference.local:80', { path: '/v1/models', host: 'inference.local' })
   t.equal(c.status, 200)
   t.equal(c.inner?.body, 'hello GET /v1/models')
