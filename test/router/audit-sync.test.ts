@@ -1,8 +1,8 @@
 /**
  * The router's audit file: when a call's `done` runs relative to write(2) and fdatasync.
- *  - default (sync_ms 100): the record is in the file when done runs (a kill -9 cannot lose it;
- *    durability.test.ts kills a real router to prove it), fdatasync follows within the window,
- *    one per burst;
+ *  - default (sync_ms 100): the record is in the file when done runs (records of one event-loop
+ *    turn share a write; a kill -9 cannot lose them: durability.test.ts kills a real router to
+ *    prove it), fdatasync follows within the window, one per burst;
  *  - strict (sync_ms 0): done runs only after the fdatasync that covers the record, and a burst
  *    of concurrent calls shares fdatasyncs (group commit);
  *  - close() fdatasyncs and releases every waiter; keys are redacted in the file.
@@ -46,11 +46,16 @@ t.test('default: written before done, fdatasync within the window, one per burst
   const { log, lines } = setup(t)
   t.equal(log.syncMs, 100)
   let done = 0
-  for (let i = 0; i < 50; i++) {
-    log.commit(rec(i), () => done++)
-    t.equal(lines().length, i + 1, `record ${i} is in the file when commit returns`)
-  }
-  t.equal(done, 50, 'every done ran at once (no wait for the disk flush)')
+  const inFileAtDone: number[] = []
+  const all = Array.from({ length: 50 }, (_, i) => new Promise<void>((resolve) => log.commit(rec(i), () => {
+    inFileAtDone.push(lines().filter((l) => JSON.parse(l).tokens_in === i).length)
+    done++
+    resolve()
+  })))
+  t.equal(done, 0, 'done waits for the write (end of this turn of the event loop)')
+  await Promise.all(all)
+  t.equal(done, 50, 'every done ran, without waiting for a disk flush')
+  t.same(inFileAtDone, Array(50).fill(1), "each record was in the file when its call's done ran")
   t.equal(log.fsyncs, 0, 'no fdatasync yet')
   await new Promise((r) => setTimeout(r, 300))
   t.equal(log.fsyncs, 1, 'one fdatasync covered the burst, within the window')
@@ -66,7 +71,8 @@ t.test('strict (sync_ms 0): done only after the fdatasync covering it; a burst s
     resolve()
   })))
   t.equal(order.length, 0, 'no done before a fdatasync completed')
-  t.equal(lines().length, 40, 'all records written at once')
+  await new Promise((r) => setImmediate(r))
+  t.equal(lines().length, 40, 'all records written in one turn')
   await Promise.all(all)
   t.ok(order.every((o) => !o.endsWith('after 0 fdatasync(s)')), 'every done ran after a fdatasync')
   t.ok(log.fsyncs >= 1 && log.fsyncs <= 2, `40 concurrent commits took ${log.fsyncs} fdatasync(s) (group commit)`)
