@@ -334,6 +334,18 @@ export class PrivacyRouter {
     return m
   }
 
+  private usageChildren = new Map<string, { tokensIn: { inc(v: number): void }; tokensOut: { inc(v: number): void }; spend: { inc(v: number): void } }>()
+  private usageMetrics(route: string, sandbox: string) {
+    const k = `${route}\0${sandbox}`
+    let m = this.usageChildren.get(k)
+    if (!m) {
+      if (this.usageChildren.size > 10_000) this.usageChildren.clear()
+      m = { tokensIn: this.metrics.tokens.labels(route, sandbox, 'in'), tokensOut: this.metrics.tokens.labels(route, sandbox, 'out'), spend: this.metrics.spend.labels(route, sandbox) }
+      this.usageChildren.set(k, m)
+    }
+    return m
+  }
+
   private pool(origin: string): Pool {
     let p = this.pools.get(origin)
     if (!p) {
@@ -751,9 +763,10 @@ export class PrivacyRouter {
     const usd = cost(cfg.prices.get(t.model), u.input, u.output)
     rec.cost_usd = cfg.prices.has(t.model) ? Math.round(usd * 1e8) / 1e8 : null
     this.limiter.record(sandbox, limits, u.input + u.output, usd)
-    this.metrics.tokens.inc({ route: route.name, sandbox, direction: 'in' }, u.input)
-    this.metrics.tokens.inc({ route: route.name, sandbox, direction: 'out' }, u.output)
-    if (usd > 0) this.metrics.spend.inc({ route: route.name, sandbox }, usd)
+    const m = this.usageMetrics(route.name, sandbox)
+    m.tokensIn.inc(u.input)
+    m.tokensOut.inc(u.output)
+    if (usd > 0) m.spend.inc(usd)
   }
 
   private async pipeStream(
