@@ -141,8 +141,12 @@ export interface ReloadResult {
 /** distinct destinations held for the operator at once; more are denied at once (memory bound) */
 const MAX_PENDING = 256
 
-const HOP = new Set([
-  'connection',
+/** the sandbox identity the gate vouches for on requests to cordon's services */
+const SANDBOX_HEADER = 'x-cordon-sandbox'
+
+/** request headers not passed upstream: hop-by-hop (RFC 9110 7.6.1), the proxy's own, and the
+ * sandbox identity (only the gate sets it) */
+const DROP_REQUEST = new Set([
   'proxy-connection',
   'keep-alive',
   'proxy-authorization',
@@ -153,13 +157,29 @@ const HOP = new Set([
   'upgrade',
   'host',
   'expect', // Node's server already answered 100-continue to the client; undici refuses it upstream
+  SANDBOX_HEADER,
 ])
 
-/** the sandbox identity the gate vouches for on requests to cordon's services */
-const SANDBOX_HEADER = 'x-cordon-sandbox'
+/** hop-by-hop response headers the gate does not pass back to the client */
+const DROP_RESPONSE = new Set(['keep-alive', 'transfer-encoding', 'proxy-authenticate', 'proxy-connection', 'te', 'trailer', 'upgrade'])
 
-/** hop-by-hop response headers (RFC 9110 7.6.1) the gate does not pass back to the client */
-const HOP_RESPONSE = new Set(['keep-alive', 'transfer-encoding', 'proxy-authenticate', 'proxy-connection', 'te', 'trailer', 'upgrade'])
+/**
+ * A raw header list [name, value, ...] without Connection, the headers in `drop`, and the headers
+ * the message's own Connection header names (they are hop-by-hop too). Names keep their case.
+ */
+function endToEnd(raw: string[], drop: Set<string>): string[] {
+  let named: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() === 'connection') named = named.concat(raw[i + 1]!.toLowerCase().split(',').map((x) => x.trim()))
+  }
+  const out: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase()
+    if (k === 'connection' || drop.has(k) || named.includes(k)) continue
+    out.push(raw[i]!, raw[i + 1]!)
+  }
+  return out
+}
 
 /** ISO time of now; the part up to the second is formatted once per second (toISOString on every
  * record was the costliest line of the request path) */
@@ -995,19 +1015,12 @@ export class Engine {
       this.sendDeny(res, t, o)
       return
     }
-    const headers: string[] = []
-    const rh = req.rawHeaders
-    const connTokens = (req.headers.connection ?? '').toLowerCase().split(',').map((x) => x.trim())
-    for (let i = 0; i < rh.length; i += 2) {
-      const k = rh[i]!.toLowerCase()
-      if (HOP.has(k) || connTokens.includes(k) || k === SANDBOX_HEADER) continue
-      headers.push(rh[i]!, rh[i + 1]!)
-    }
+    const headers = endToEnd(req.rawHeaders, DROP_REQUEST)
     headers.push('Host', url.host)
     // cordon's own services learn which sandbox asked from the gate, never from the client: a
     // client's x-cordon-sandbox is always dropped, and the gate sets its own for the router and
     // gateway (their gate-facing listeners trust it: identity_header in router.yaml)
-    if (o.service) headers.push('x-cordon-sandbox', conn.sandbox)
+    if (o.service) headers.push(SANDBOX_HEADER, conn.sandbox)
     let bytesOut = 0
     let bytesIn = 0
     let done = false
@@ -1049,20 +1062,7 @@ export class Engine {
       },
       onHeaders: (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string) => {
         if (statusCode < 200) return true // 1xx: the final answer follows
-        const out: string[] = []
-        let named: string[] | null = null // headers the upstream's Connection header names are hop-by-hop too
-        for (let i = 0; i < rawHeaders.length; i += 2) {
-          const name = rawHeaders[i]!.toString('latin1')
-          const k = name.toLowerCase()
-          if (k === 'connection') {
-            named = (named ?? ([] as string[])).concat(rawHeaders[i + 1]!.toString('latin1').toLowerCase().split(',').map((x) => x.trim()))
-            continue
-          }
-          if (HOP_RESPONSE.has(k)) continue
-          out.push(name, rawHeaders[i + 1]!.toString('latin1'))
-        }
-        if (named) for (let i = out.length - 2; i >= 0; i -= 2) if (named.includes(out[i]!.toLowerCase())) out.splice(i, 2)
-        res.writeHead(statusCode, statusText, out)
+        res.writeHead(statusCode, statusText, endToEnd(rawHeaders.map((b) => b.toString('latin1')), DROP_RESPONSE))
         res.on('drain', resume)
         return true
       },
