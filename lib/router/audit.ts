@@ -102,23 +102,26 @@ export class AuditLog {
   private writeBatch(): void {
     this.batchScheduled = false
     if (!this.batch.length) return
-    const text = this.batch.join('')
+    const buf = Buffer.from(this.batch.join(''))
     const dones = this.batchDone
     this.batch = []
     this.batchDone = []
-    if (this.fd !== null) {
-      try {
-        const buf = Buffer.from(text)
-        let off = 0
-        while (off < buf.length) off += writeSync(this.fd, buf, off)
-        this.dirty = true
-      } catch (e) {
-        this.onError(e as Error)
-      }
-    }
-    if (this.syncMs > 0 || this.fd === null) {
+    const fd = this.fd
+    if (fd === null) {
+      // committed while close() waited for an fdatasync: the file is closed now
       for (const d of dones) d()
-      if (!this.syncing && this.fd !== null) this.schedule()
+      return
+    }
+    try {
+      let off = 0
+      while (off < buf.length) off += writeSync(fd, buf, off)
+      this.dirty = true
+    } catch (e) {
+      this.onError(e as Error)
+    }
+    if (this.syncMs > 0) {
+      for (const d of dones) d()
+      if (!this.syncing) this.schedule()
       return
     }
     if (this.syncing) this.nextRound.push(...dones)
@@ -126,11 +129,6 @@ export class AuditLog {
       this.waiting.push(...dones)
       this.sync()
     }
-  }
-
-  /** Append a record without waiting (compatibility). */
-  write(rec: AuditRecord): void {
-    this.commit(rec, () => {})
   }
 
   /** fdatasync what was written so far; records written meanwhile go to the next round. */

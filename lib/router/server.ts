@@ -321,29 +321,33 @@ export class PrivacyRouter {
     for (const [k, spec] of wanted) if (!this.listeners.has(k)) await this.openListener(spec)
   }
 
-  private metricChildren = new Map<string, { requests: { inc(): void }; duration: { observe(v: number): void }; ttfb: { observe(v: number): void } }>()
-  /** Labelled metric children, cached: label hashing per request is measurable on the hot path. */
-  private routeMetrics(route: string, sandbox: string, status: number) {
-    const k = `${route}\0${sandbox}\0${status}`
-    let m = this.metricChildren.get(k)
-    if (!m) {
-      if (this.metricChildren.size > 10_000) this.metricChildren.clear()
-      m = { requests: this.metrics.requests.labels(route, sandbox, String(status)), duration: this.metrics.duration.labels(route), ttfb: this.metrics.ttfb.labels(route) }
-      this.metricChildren.set(k, m)
+  /** Labelled metric children, cached by label values: label hashing per request is measurable on
+   * the hot path. Bounded: cleared when it grows past 20,000 entries. */
+  private metricChildren = new Map<string, unknown>()
+  private cachedChildren<T>(key: string, make: () => T): T {
+    let m = this.metricChildren.get(key) as T | undefined
+    if (m === undefined) {
+      if (this.metricChildren.size > 20_000) this.metricChildren.clear()
+      m = make()
+      this.metricChildren.set(key, m)
     }
     return m
   }
 
-  private usageChildren = new Map<string, { tokensIn: { inc(v: number): void }; tokensOut: { inc(v: number): void }; spend: { inc(v: number): void } }>()
+  private routeMetrics(route: string, sandbox: string, status: number) {
+    return this.cachedChildren(`call\0${route}\0${sandbox}\0${status}`, () => ({
+      requests: this.metrics.requests.labels(route, sandbox, String(status)),
+      duration: this.metrics.duration.labels(route),
+      ttfb: this.metrics.ttfb.labels(route),
+    }))
+  }
+
   private usageMetrics(route: string, sandbox: string) {
-    const k = `${route}\0${sandbox}`
-    let m = this.usageChildren.get(k)
-    if (!m) {
-      if (this.usageChildren.size > 10_000) this.usageChildren.clear()
-      m = { tokensIn: this.metrics.tokens.labels(route, sandbox, 'in'), tokensOut: this.metrics.tokens.labels(route, sandbox, 'out'), spend: this.metrics.spend.labels(route, sandbox) }
-      this.usageChildren.set(k, m)
-    }
-    return m
+    return this.cachedChildren(`usage\0${route}\0${sandbox}`, () => ({
+      tokensIn: this.metrics.tokens.labels(route, sandbox, 'in'),
+      tokensOut: this.metrics.tokens.labels(route, sandbox, 'out'),
+      spend: this.metrics.spend.labels(route, sandbox),
+    }))
   }
 
   private pool(origin: string): Pool {
@@ -943,10 +947,10 @@ interface BufferedAnswer {
 }
 type UpstreamAnswer = StreamedAnswer | BufferedAnswer
 
-/** Drop an answer the router will not forward (a fallback, a redirect). */
+/** Drop an answer the router will not forward (a fallback, a redirect). A buffered answer needs
+ * nothing: its body is collected and released with it (requestBuffered already handles its errors). */
 function discard(up: UpstreamAnswer): void {
   if ('body' in up) up.body.dump().catch(() => {})
-  else up.whole.catch(() => {})
 }
 
 /**
