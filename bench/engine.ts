@@ -63,9 +63,9 @@ function download(connectPort: number, host: string, viaConnect: string | null, 
   })
 }
 
-/** CPU time (user + system, ms) the engine process has used so far: less sensitive to other
+/** CPU time (user + system, ms) a process (the engine, the bare proxy) has used so far: less sensitive to other
  * load on the machine than wall-clock latency */
-function engineCpuMs(pid: number): number {
+function processCpuMs(pid: number): number {
   const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
   return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // clock ticks (USER_HZ = 100)
 }
@@ -103,7 +103,7 @@ async function latencies(n: number, vias: Via[], upstream: { host: string; port:
     })
   for (let i = 0; i < Math.min(200, n / 5); i++) for (let k = 0; k < vias.length; k++) await one(k)
   const lat = vias.map(() => [] as number[])
-  const cpu0 = pids.map((p) => (p ? engineCpuMs(p) : 0))
+  const cpu0 = pids.map((p) => (p ? processCpuMs(p) : 0))
   // blocks of BLOCK requests per target, targets in turn: each stays warm within its block (single
   // interleaved requests would measure the VM's wake-up of a sleeping process); the first 2 of each
   // block are not counted
@@ -116,7 +116,7 @@ async function latencies(n: number, vias: Via[], upstream: { host: string; port:
       }
     }
   }
-  const cpuMs = pids.map((p, k) => (p ? (engineCpuMs(p) - cpu0[k]!) / n : null))
+  const cpuMs = pids.map((p, k) => (p ? (processCpuMs(p) - cpu0[k]!) / n : null))
   for (const a of agents) a.destroy()
   return { lat, cpuMs }
 }
