@@ -145,7 +145,7 @@ export class PrivacyRouter {
   private constructor(private readonly opts: RouterOptions) {
     const sink = opts.logDestination ?? pino.destination({ dest: 2, sync: false })
     this.log = pino({ name: 'cordon-router', level: opts.logLevel ?? 'info' }, { write: (s: string) => sink.write(this.redactor.string(s)) })
-    this.metrics = new RouterMetrics(opts.defaultMetrics ?? true)
+    this.metrics = new RouterMetrics(opts.defaultMetrics ?? true, () => this.inflight)
     this.limiter = new Limiter(opts.state ?? null)
     this.audit = new AuditLog(opts.audit ?? null, this.redactor, opts.auditDestination)
     this.audit.onError = (e) => this.log.error({ err: e.message }, 'audit write failed: the record of this call may be lost')
@@ -321,35 +321,6 @@ export class PrivacyRouter {
     for (const [k, spec] of wanted) if (!this.listeners.has(k)) await this.openListener(spec)
   }
 
-  /** Labelled metric children, cached by label values: label hashing per request is measurable on
-   * the hot path. Bounded: cleared when it grows past 20,000 entries. */
-  private metricChildren = new Map<string, unknown>()
-  private cachedChildren<T>(key: string, make: () => T): T {
-    let m = this.metricChildren.get(key) as T | undefined
-    if (m === undefined) {
-      if (this.metricChildren.size > 20_000) this.metricChildren.clear()
-      m = make()
-      this.metricChildren.set(key, m)
-    }
-    return m
-  }
-
-  private routeMetrics(route: string, sandbox: string, status: number) {
-    return this.cachedChildren(`call\0${route}\0${sandbox}\0${status}`, () => ({
-      requests: this.metrics.requests.labels(route, sandbox, String(status)),
-      duration: this.metrics.duration.labels(route),
-      ttfb: this.metrics.ttfb.labels(route),
-    }))
-  }
-
-  private usageMetrics(route: string, sandbox: string) {
-    return this.cachedChildren(`usage\0${route}\0${sandbox}`, () => ({
-      tokensIn: this.metrics.tokens.labels(route, sandbox, 'in'),
-      tokensOut: this.metrics.tokens.labels(route, sandbox, 'out'),
-      spend: this.metrics.spend.labels(route, sandbox),
-    }))
-  }
-
   private pool(origin: string): Pool {
     let p = this.pools.get(origin)
     if (!p) {
@@ -456,7 +427,6 @@ export class PrivacyRouter {
       return this
     } as typeof res.end
     this.inflight++
-    this.metrics.inflight.inc()
     try {
       sandbox = this.identify(req, spec, cfg)
       rec.sandbox = sandbox
@@ -514,12 +484,11 @@ export class PrivacyRouter {
       }
     } finally {
       this.inflight--
-      this.metrics.inflight.dec()
       const total = performance.now() - t0
       rec.total_ms = Math.round(total * 1000) / 1000
       const route = rec.route ?? '-'
-      const m = this.routeMetrics(route, sandbox, rec.status)
-      m.requests.inc()
+      const m = this.metrics.call(route, sandbox, rec.status)
+      m.requests++
       m.duration.observe(total / 1000)
       if (rec.ttfb_ms !== null) m.ttfb.observe(rec.ttfb_ms / 1000)
       // one line per call: info when it failed or fell back, debug otherwise (the audit has all)
@@ -767,10 +736,10 @@ export class PrivacyRouter {
     const usd = cost(cfg.prices.get(t.model), u.input, u.output)
     rec.cost_usd = cfg.prices.has(t.model) ? Math.round(usd * 1e8) / 1e8 : null
     this.limiter.record(sandbox, limits, u.input + u.output, usd)
-    const m = this.usageMetrics(route.name, sandbox)
-    m.tokensIn.inc(u.input)
-    m.tokensOut.inc(u.output)
-    if (usd > 0) m.spend.inc(usd)
+    const m = this.metrics.usage(route.name, sandbox)
+    m.tokensIn += u.input
+    m.tokensOut += u.output
+    if (usd > 0) m.spendUsd += usd
   }
 
   private async pipeStream(
