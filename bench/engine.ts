@@ -2,7 +2,9 @@
  * Egress gate benchmark: the engine runs as its own process (`cordon engine`, audit on disk with
  * fdatasync), an upstream HTTP server on 127.0.0.2 stands in for the internet, and every figure
  * is compared with the same work done direct, in the same run.
- *   1. a 100 MB download through a CONNECT tunnel vs direct (throughput ratio; goal >= 0.8)
+ *   1. a 100 MB download through a CONNECT tunnel vs direct (throughput ratio; goal >= 0.8), with
+ *      the splice relay (the default) and with `--relay node` (a second engine), and the engine's
+ *      CPU time per download for each
  *   2. added latency per small HTTP request through the gate vs direct, keep-alive both ways
  *      (p50, p99; goal p50 < 0.3 ms), the targets interleaved in blocks of 100 requests
  *   3. the same with a new connection per request (each one a fresh, fdatasync'd decision)
@@ -140,23 +142,37 @@ try {
   const floorT: number[] = []
   const ratios: number[] = []
   const floorRatios: number[] = []
+  const nodeT: number[] = []
+  const nodeRatios: number[] = []
+  const cpu = { splice: 0, node: 0 }
+  // the same engine with `--relay node`: what the splice relay saves
+  const en = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine-node.sock'), '--relay', 'node', '--audit', path.join(dir, 'audit-node.jsonl'), '--resolve', `api.example.com=127.0.0.2`], {}, [], process.env.BENCH_SOURCE !== 'lib')
   const RUNS = arg('runs', 5)
   for (let i = 0; i < RUNS; i++) {
     const d = await download(up.port, '127.0.0.2', null, bytes)
+    let c0 = processCpuMs(e.ready.pid)
     const tt = await download(gate.port, gate.host, `api.example.com:${up.port}`, bytes)
+    cpu.splice += processCpuMs(e.ready.pid) - c0
+    c0 = processCpuMs(en.ready.pid)
+    const nt = await download(en.ready.gate.port, en.ready.gate.host, `api.example.com:${up.port}`, bytes)
+    cpu.node += processCpuMs(en.ready.pid) - c0
     const ft = await download(floor.port, floor.host, `127.0.0.2:${up.port}`, bytes)
     direct.push(d)
     tunnel.push(tt)
+    nodeT.push(nt)
     floorT.push(ft)
     ratios.push(d / tt)
+    nodeRatios.push(d / nt)
     floorRatios.push(d / ft)
   }
+  await en.stop()
   const mbps = (ms: number) => (MB / (ms / 1000)).toFixed(0)
   console.log(`\n1. ${MB} MB download, ${RUNS} alternating runs each (load average ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} CPUs)`)
   console.log(`   direct            median ${mbps(pct(direct, 50))} MB/s  best ${mbps(Math.min(...direct))} MB/s`)
-  console.log(`   CONNECT tunnel    median ${mbps(pct(tunnel, 50))} MB/s  best ${mbps(Math.min(...tunnel))} MB/s`)
+  console.log(`   CONNECT tunnel    median ${mbps(pct(tunnel, 50))} MB/s  best ${mbps(Math.min(...tunnel))} MB/s  (splice relay, the default; engine CPU ${(cpu.splice / RUNS).toFixed(0)} ms per download)`)
+  console.log(`   --relay node      median ${mbps(pct(nodeT, 50))} MB/s  best ${mbps(Math.min(...nodeT))} MB/s  (engine CPU ${(cpu.node / RUNS).toFixed(0)} ms per download)`)
   console.log(`   bare Node proxy   median ${mbps(pct(floorT, 50))} MB/s  best ${mbps(Math.min(...floorT))} MB/s`)
-  console.log(`   ratio             median of pairs ${pct(ratios, 50).toFixed(2)}, best/best ${(Math.min(...direct) / Math.min(...tunnel)).toFixed(2)}  (goal >= 0.8; bare Node proxy ${pct(floorRatios, 50).toFixed(2)})`)
+  console.log(`   ratio             median of pairs ${pct(ratios, 50).toFixed(2)}, best/best ${(Math.min(...direct) / Math.min(...tunnel)).toFixed(2)}  (goal >= 0.8; --relay node ${pct(nodeRatios, 50).toFixed(2)}; bare Node proxy ${pct(floorRatios, 50).toFixed(2)})`)
 
   // 2. small requests, keep-alive; 3. a new connection per request (every request a new decision,
   // fdatasync'd before it takes effect). Direct, gate and bare proxy requests interleaved.

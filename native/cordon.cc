@@ -1,4 +1,5 @@
-// cordon native addon: thin syscall shims for Landlock, seccomp, no_new_privs and execve.
+// cordon native addon: thin syscall shims for Landlock, seccomp, no_new_privs and execve
+// (the egress gate's splice relay, the one part that is not a shim, is in relay.cc).
 //
 // Why hand-written: no Node library exposes Landlock or seccomp. Each function here performs one
 // syscall (or one tightly bound pair, e.g. open + landlock_add_rule), checks its arguments, and
@@ -14,6 +15,8 @@
 #define NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS
 #endif
 #include <napi.h>
+
+#include "errors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,56 +61,10 @@ struct LandlockNetPortAttr {
 #define SECCOMP_SET_MODE_FILTER 1
 #endif
 
-// Throws (as a pending JS exception) an Error shaped like Node's system errors.
-Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& path = "") {
-  std::string code;
-  switch (err) {
-#define C(x) case x: code = #x; break;
-    C(EACCES) C(EPERM) C(ENOENT) C(EINVAL) C(ENOSYS) C(EOPNOTSUPP) C(EBADF) C(EFAULT) C(E2BIG)
-    C(ENOMEM) C(EBUSY) C(ENOTDIR) C(ESRCH) C(EEXIST) C(ENOEXEC) C(EMFILE) C(ELOOP) C(ENAMETOOLONG)
-    C(EAFNOSUPPORT) C(ENOMSG) C(ETXTBSY) C(EISDIR)
-#undef C
-    default: code = "E" + std::to_string(err);
-  }
-  std::string msg = code + ": " + strerror(err) + ", " + syscall;
-  if (!path.empty()) msg += " '" + path + "'";
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, code));
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  if (!path.empty()) e.Set("path", Napi::String::New(env, path));
-  e.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-Napi::Value ThrowType(Napi::Env env, const char* msg) {
-  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// Reads a non-negative integer argument that fits in 53 bits (JS Number) or a BigInt.
-bool U64Arg(const Napi::CallbackInfo& info, size_t i, uint64_t* out) {
-  if (info.Length() <= i) return false;
-  if (info[i].IsNumber()) {
-    double d = info[i].As<Napi::Number>().DoubleValue();
-    if (d < 0 || d > 9007199254740991.0 || d != static_cast<double>(static_cast<uint64_t>(d))) return false;
-    *out = static_cast<uint64_t>(d);
-    return true;
-  }
-  if (info[i].IsBigInt()) {
-    bool lossless = false;
-    *out = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
-    return lossless;
-  }
-  return false;
-}
-
-bool IntArg(const Napi::CallbackInfo& info, size_t i, int* out) {
-  uint64_t v;
-  if (!U64Arg(info, i, &v) || v > 0x7fffffff) return false;
-  *out = static_cast<int>(v);
-  return true;
-}
+using cordon::IntArg;
+using cordon::ThrowErrno;
+using cordon::ThrowType;
+using cordon::U64Arg;
 
 // landlockAbi(): the Landlock ABI version, or 0 when Landlock is absent or disabled.
 Napi::Value LandlockAbi(const Napi::CallbackInfo& info) {
@@ -310,6 +267,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setrlimit", Napi::Function::New(env, SetRlimit, "setrlimit"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
   exports.Set("execve", Napi::Function::New(env, Execve, "execve"));
+  cordon::RelayInit(env, exports);
   return exports;
 }
 

@@ -103,6 +103,7 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     identify: o.identify as 'all' | 'flagged' | 'none',
     watch: o.watch !== false,
     headersTimeoutMs: Number(o.headersTimeout) * 1000,
+    relay: o.relay as 'splice' | 'node',
     socks: o.socks ? parseHostPort(String(o.socks), '--socks') : null,
     listenUnix: (o.listenUnix as string) ?? null,
   })
@@ -217,6 +218,7 @@ export function register(program: Command): void {
     .addOption(new Option('--identify <which>', 'look up the client pid/binary via /proc for: all decisions, flagged (deny/ask) or none').choices(['all', 'flagged', 'none']).default('flagged'))
     .option('--no-watch', 'do not watch the policy file (reload only via the control API or SIGHUP)')
     .option('--headers-timeout <seconds>', 'drop clients that do not send request headers in time', '15')
+    .addOption(new Option('--relay <who>', 'who moves the bytes of an established tunnel: the kernel (splice, no copies through the engine) or Node').choices(['splice', 'node']).default('splice'))
     .action(runEngine)
 
   program

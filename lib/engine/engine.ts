@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto'
 import { Registry, Counter, Gauge } from 'prom-client'
 import { Agent, type Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
+import * as kernelRelay from '../kernel/relay.js'
 import { AuditLog, type AuditRecord, type SyncMode } from './audit.js'
 import { parseIP, formatIP } from './ip.js'
 import {
@@ -65,6 +66,8 @@ export interface EngineOptions {
   headersTimeoutMs?: number
   requestTimeoutMs?: number
   tunnelIdleMs?: number
+  /** who moves an established tunnel's bytes: the kernel (splice relay, the default) or Node */
+  relay?: 'splice' | 'node'
   /** extra addresses to treat as the host's own (tests) */
   extraOwnAddresses?: string[]
   /** also serve SOCKS5 (CONNECT, no authentication) here, for TCP that is not HTTP */
@@ -227,25 +230,42 @@ export function parseHostPort(s: string, what: string): HostPort {
   return hp
 }
 
+const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n')
+const EMPTY = Buffer.alloc(0)
+
+/** What a tunnel sends first once its upstream is connected. */
+interface TunnelStart {
+  /** to the client (the CONNECT 200 line, the SOCKS5 reply) */
+  toClient: Buffer
+  /** to the upstream (bytes the client sent after its CONNECT, the rebuilt Upgrade request) */
+  toUpstream: Buffer
+}
+
 /**
- * Connect to the checked address and relay bytes both ways once connected. Upstream reads land
- * in one reusable 256 KiB buffer (Node's default is 64 KiB per read: 4x the read syscalls on a
- * bulk download), copied out per write. Half-closes pass through; an error tears both down.
+ * Connect to the checked address and relay bytes both ways once connected.
+ * By default the connected pair goes to the splice relay (lib/kernel/relay.ts): the bytes move in
+ * the kernel and never through this event loop. Where it cannot take them (relay: 'node', or the
+ * relay refuses), Node relays: upstream reads land in one reusable 256 KiB buffer (Node's default
+ * is 64 KiB per read: 4x the read syscalls on a bulk download), copied out per write. Either way
+ * half-closes pass through and an error tears both sides down; onDone runs once, with the counts.
  */
 function openRelay(
   address: string,
   port: number,
   client: net.Socket,
   idleMs: number,
-  onConnect: (up: net.Socket) => void,
+  mode: 'splice' | 'node',
+  tunnels: Set<kernelRelay.Tunnel>,
+  onConnect: () => TunnelStart,
   onFail: (e: NodeJS.ErrnoException, connected: boolean) => void,
   onDone: (bytesIn: number, bytesOut: number, err?: string) => void,
 ): net.Socket {
   let bytesIn = 0
   let done = false
   let connected = false
+  let handedOver = false
   const finish = (err?: string) => {
-    if (done) return
+    if (done || handedOver) return
     done = true
     onDone(bytesIn, up.bytesWritten, err)
   }
@@ -265,10 +285,27 @@ function openRelay(
       },
     },
   } as net.NetConnectOpts)
+  up.pause() // nothing is read from the upstream before it is known who relays
   up.once('connect', () => {
     connected = true
-    onConnect(up)
+    const first = onConnect()
+    if (mode === 'splice' && !client.destroyed && kernelRelay.canHandOver(client, up)) {
+      try {
+        const tunnel = kernelRelay.handOver(client, up, first.toClient, first.toUpstream, idleMs, (end) => {
+          tunnels.delete(tunnel)
+          onDone(end.bytesIn, end.bytesOut, end.error || undefined)
+        })
+        handedOver = true
+        tunnels.add(tunnel)
+        return
+      } catch {
+        // the relay could not take this pair (fd limit, no relay thread): Node relays it
+      }
+    }
+    client.write(first.toClient)
+    if (first.toUpstream.length) up.write(first.toUpstream)
     client.pipe(up) // client -> upstream, ends upstream on the client's FIN
+    up.resume()
   })
   up.on('end', () => client.end())
   up.setTimeout(idleMs, () => {
@@ -284,7 +321,9 @@ function openRelay(
     finish()
     if (hadError) client.destroy()
   })
-  client.on('close', () => up.destroy())
+  client.on('close', () => {
+    if (!handedOver) up.destroy()
+  })
   return up
 }
 
@@ -312,6 +351,8 @@ export class Engine {
   private ownAddrsAt = 0
   private readonly conns = new WeakMap<net.Socket, ConnState>()
   private readonly sockets = new Set<net.Socket>()
+  /** tunnels the splice relay holds (their Node sockets are gone) */
+  private readonly tunnels = new Set<kernelRelay.Tunnel>()
   readonly metrics = new Registry()
   private readonly mDecisions: Counter<'decision' | 'via'>
   private readonly mBytes: Counter<'direction'>
@@ -330,7 +371,16 @@ export class Engine {
     for (const [k, v] of Object.entries(opts.services ?? {})) this.services.set(normalizeHost(k), v)
     this.mDecisions = new Counter({ name: 'cordon_engine_decisions_total', help: 'gate decisions', labelNames: ['decision', 'via'], registers: [this.metrics] })
     this.mBytes = new Counter({ name: 'cordon_engine_bytes_total', help: 'bytes relayed', labelNames: ['direction'], registers: [this.metrics] })
-    this.mActive = new Gauge({ name: 'cordon_engine_connections_active', help: 'open client connections', registers: [this.metrics] })
+    const tunnels = this.tunnels
+    this.mActive = new Gauge({ name: 'cordon_engine_connections_active', help: 'open client connections Node holds (see tunnels_relayed for the rest)', registers: [this.metrics] })
+    new Gauge({
+      name: 'cordon_engine_tunnels_relayed',
+      help: 'tunnels whose bytes the kernel moves (the splice relay holds their connections)',
+      registers: [this.metrics],
+      collect() {
+        this.set(tunnels.size)
+      },
+    })
     this.mReloads = new Counter({ name: 'cordon_engine_reloads_total', help: 'policy reloads', labelNames: ['result'], registers: [this.metrics] })
     this.mPending = new Gauge({ name: 'cordon_engine_pending', help: 'requests waiting for an operator', registers: [this.metrics] })
   }
@@ -490,11 +540,9 @@ export class Engine {
       o.port,
       s,
       this.opts.tunnelIdleMs ?? 3_600_000,
-      (up) => {
-        s.write(reply(0))
-        if (rest.length) up.write(rest)
-        s.resume()
-      },
+      this.opts.relay ?? 'splice',
+      this.tunnels,
+      () => ({ toClient: reply(0), toUpstream: rest }),
       (e, connected) => {
         if (!connected) s.end(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
         else s.destroy()
@@ -514,10 +562,13 @@ export class Engine {
     if (this.reloadTimer) clearTimeout(this.reloadTimer)
     for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer)
     for (const s of this.sockets) s.destroy()
+    for (const t of this.tunnels) t.close('engine stopping')
     void this.upstream.destroy().catch(() => {})
     if (this.socksServer) await new Promise<void>((r) => this.socksServer!.close(() => r()))
     if (this.unixServer) await new Promise<void>((r) => this.unixServer!.close(() => r()))
     if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
+    // the relay reports the tunnels it closed from its own thread: wait (briefly) for their end records
+    for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setTimeout(r, 10))
     this.audit.append({ time: now(), type: 'stop', pid: process.pid })
     this.audit.close()
   }
@@ -1158,10 +1209,9 @@ export class Engine {
       o.port,
       sock,
       tunnelIdle,
-      (up) => {
-        if (via === 'connect') sock.write('HTTP/1.1 200 Connection Established\r\n\r\n')
-        if (head.length) up.write(head)
-      },
+      this.opts.relay ?? 'splice',
+      this.tunnels,
+      () => ({ toClient: via === 'connect' ? CONNECT_OK : EMPTY, toUpstream: head }),
       (e, connected) => {
         if (!connected) {
           const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`

@@ -27,6 +27,10 @@ export interface CordonAddon {
   setrlimit(resource: number, soft: number | null, hard: number | null): void
   closeFd(fd: number): void
   execve(path: string, argv: string[], envp: string[]): never
+  /** the tunnel data plane (native/relay.cc); lib/kernel/relay.ts wraps it */
+  relayStart(onEnd: (id: number, aToB: number, bToA: number, error: string) => void): void
+  relayAdd(id: number, fdA: number, fdB: number, toA: Uint8Array | null, toB: Uint8Array | null, idleMs: number): void
+  relayClose(id: number, reason: string): void
 }
 
 /** The package root (holds package.json, binding.gyp, build/, prebuilds/). */

@@ -1,16 +1,31 @@
 /** The addon's shims: argument checks, errno mapping, probe facts. Nothing here confines the runner. */
 import t from 'tap'
-import { readFileSync } from 'node:fs'
+import { readFileSync, openSync, closeSync } from 'node:fs'
 import { addon, helperPath } from '../../lib/kernel/addon.js'
 import { probe, doctor } from '../../lib/kernel/probe.js'
 
 const a = addon()
 
-t.test('exports exactly the documented shims', async (t) => {
+t.test('exports exactly the documented shims and the relay', async (t) => {
   t.same(Object.keys(a).sort(), [
     'closeFd', 'execve', 'getNoNewPrivs', 'landlockAbi', 'landlockAddPathRule', 'landlockAddPortRule',
-    'landlockCreateRuleset', 'landlockRestrictSelf', 'seccompGetMode', 'seccompSetFilter', 'setNoNewPrivs', 'setrlimit',
+    'landlockCreateRuleset', 'landlockRestrictSelf', 'relayAdd', 'relayClose', 'relayStart', 'seccompGetMode',
+    'seccompSetFilter', 'setNoNewPrivs', 'setrlimit',
   ])
+})
+
+t.test('the relay checks its arguments and refuses what is not a stream socket', async (t) => {
+  t.throws(() => (a.relayAdd as (...x: unknown[]) => void)(0, 3, 4, null, null, 0), TypeError, 'id 0 is refused')
+  t.throws(() => (a.relayAdd as (...x: unknown[]) => void)(1, 3, 4, 'text', null, 0), TypeError, 'toA must be bytes')
+  t.throws(() => (a.relayClose as (...x: unknown[]) => void)(1), TypeError, 'a close needs a reason')
+  // lib/kernel/relay.ts starts it once per process; a second start is a programming error
+  a.relayStart(() => undefined)
+  t.throws(() => a.relayStart(() => undefined), TypeError, 'started once per environment')
+  const fd = openSync('/proc/self/status', 'r')
+  const e = t.throws(() => a.relayAdd(1, fd, fd, null, null, 0)) as NodeJS.ErrnoException
+  closeSync(fd)
+  t.equal(e.code, 'ENOTSOCK', 'a file descriptor that is not a stream socket is refused with ENOTSOCK')
+  t.equal(e.syscall, 'relayAdd')
 })
 
 t.test('errors carry code, errno and syscall', async (t) => {
