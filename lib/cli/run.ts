@@ -7,9 +7,10 @@ import { resolve } from 'node:path'
 import { loadPolicy, compilePlan, planHash, PolicyError } from '../policy/index.js'
 import { doctor, probe, type DoctorReport } from '../kernel/probe.js'
 import { runPlan } from '../sandbox/spawn.js'
-import { ensureGateAddress, prepareNetns } from '../sandbox/netns.js'
+import { ensureGateAddress, prepareNetns, proxyEnvFor, GATE_ADDRESS } from '../sandbox/netns.js'
+import { runThroughRelay } from '../sandbox/userns.js'
 
-interface RunOpts { policy?: string; profile?: string; workspace?: string; gatePort?: string }
+interface RunOpts { policy?: string; profile?: string; workspace?: string; gatePort?: string; gateSocket?: string }
 
 /** The port `cordon engine` (and `cordon up`) serves the egress gate on, at 169.254.77.1. */
 export const DEFAULT_GATE_PORT = 3128
@@ -40,10 +41,21 @@ export async function runCommand(cmd: string, args: string[], o: RunOpts): Promi
   if (!Number.isInteger(gatePort) || gatePort < 1 || gatePort > 65535) {
     throw Object.assign(new Error(`--gate-port ${o.gatePort}: not a TCP port (1-65535)`), { exitCode: 2 })
   }
-  if (!features.isRoot) {
-    throw Object.assign(new Error(
-      `${policy.source}: network: proxy needs root in \`cordon run\` (it creates a network namespace ` +
-      `and a veth to the egress gate); run it as root, or use network: none`), { exitCode: 125 })
+  const gateSocket = o.gateSocket ?? process.env.CORDON_GATE_SOCKET
+  if (!features.isRoot || gateSocket !== undefined) {
+    // Without root (or when asked): a user + network namespace with only loopback, where a relay
+    // on 127.0.0.1:<gate port> carries connections to the engine's gate unix socket
+    if (gateSocket === undefined) {
+      throw Object.assign(new Error(
+        `${policy.source}: network: proxy without root needs the engine's gate unix socket: start the engine with ` +
+        `\`cordon engine --listen-unix PATH\` and pass \`--gate-socket PATH\` (or set CORDON_GATE_SOCKET); ` +
+        `as root, cordon run uses a veth to the gate on ${GATE_ADDRESS} instead`), { exitCode: 125 })
+    }
+    const relayed = compilePlan(policy, features, { env: { ...process.env }, gatePorts: [gatePort] })
+    for (const l of relayed.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+    const { hash: _h, ...r } = relayed
+    const withProxy = { ...r, env: { ...relayed.env, ...proxyEnvFor({ host: '127.0.0.1', port: gatePort }) } }
+    return runThroughRelay({ ...withProxy, hash: planHash(withProxy) }, cmd, args, { gateSocket, port: gatePort, cwd: process.cwd() })
   }
   const compiled = compilePlan(policy, features, { env: process.env, gatePorts: [gatePort] })
   for (const l of compiled.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
@@ -98,7 +110,8 @@ export function register(program: Command): void {
     .option('--policy <file>', 'policy file (YAML or JSON)')
     .option('--profile <name>', 'a shipped profile (profiles/<name>.yaml), e.g. agent')
     .option('--workspace <dir>', 'read-write workspace (default: the current directory)')
-    .option('--gate-port <port>', `with network: proxy, the port of the running engine's egress gate on 169.254.77.1 (default ${DEFAULT_GATE_PORT})`)
+    .option('--gate-port <port>', `with network: proxy, the port of the running engine's egress gate on 169.254.77.1 (default ${DEFAULT_GATE_PORT}); with --gate-socket, the relay's port on the sandbox's loopback`)
+    .option('--gate-socket <path>', "with network: proxy, reach the engine through its gate unix socket (`cordon engine --listen-unix PATH`) via a relay in the sandbox's own user + network namespace: the way without root (default $CORDON_GATE_SOCKET)")
     .argument('<command>', 'the program to run (put `--` before it)')
     .argument('[args...]', 'its arguments')
     .action(async (cmd: string, args: string[], o: RunOpts) => {

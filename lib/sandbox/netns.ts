@@ -23,9 +23,9 @@
  * from REGISTRY/<address> (content: the sandbox id), written here and removed by cleanup().
  *
  * Non-root (no CAP_NET_ADMIN): this module does not apply; prepareNetns() throws a clear error.
- * The non-root path is lib/sandbox/relay.ts (a relay from loopback inside a user+net namespace to
- * the engine's unix-socket gate), which `cordon run` does not wire yet: it refuses proxy mode
- * without root instead.
+ * The non-root path is lib/sandbox/userns.ts: `cordon run --gate-socket PATH` runs the sandbox in a
+ * user + network namespace of its own where lib/sandbox/relay.ts carries loopback connections to
+ * the engine's unix-socket gate.
  */
 import fs from 'node:fs'
 import path from 'node:path'

@@ -43,7 +43,8 @@ export function exitStatus(code: number | null, signal: NodeJS.Signals | null): 
   return 128 + (n ?? 0)
 }
 
-function waitChild(child: ChildProcess): Promise<number> {
+/** Wait for a child, forwarding SIGINT/SIGTERM/SIGHUP to it; resolves to its exit status. */
+export function waitChild(child: ChildProcess): Promise<number> {
   const forward: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
   const handlers = forward.map((sig) => {
     const h = () => {
