@@ -612,7 +612,12 @@ export class Engine {
         this.lastRejectedHash = r.ok ? null : h
       }
     }
-    const schedule = () => {
+    // the audit log may live in this directory too: its appends (one per request) are not policy
+    // changes, and re-arming the 50 ms timer for each would hold the check off for as long as
+    // traffic flows (leaving only the 2 s poll)
+    const auditName = this.audit.file && path.dirname(path.resolve(this.audit.file)) === dir ? path.basename(this.audit.file) : null
+    const schedule = (_event: string, name: string | null) => {
+      if (name !== null && name === auditName) return
       if (this.reloadTimer) clearTimeout(this.reloadTimer)
       this.reloadTimer = setTimeout(check, 50)
       this.reloadTimer.unref()
