@@ -3,10 +3,32 @@
  *
  * The Redactor holds every key this process has ever loaded (a key rotated out by a reload is
  * still redacted), in the raw form and in the encoded forms an upstream could echo it in
- * (JSON-escaped, URL-encoded). StreamRedactor handles a key split across chunks: it holds back
- * only the tail of a chunk that is a proper prefix of some key, so ordinary SSE events (ending
- * in "\n\n") pass through without delay.
+ * (JSON-escaped, URL-encoded, hex, and base64 / base64url: an echoed `Authorization: Basic` or a
+ * debug dump). StreamRedactor handles a key split across chunks: it holds back only the tail of a
+ * chunk that is a proper prefix of some key, so ordinary SSE events (ending in "\n\n") pass
+ * through without delay.
+ *
+ * Base64 of a text that contains the key depends on where the key starts modulo 3, so each of the
+ * three alignments has its own run of characters that only the key's bytes determine: the
+ * encoding of the key's whole 3-byte groups from offset 0, 2 or 1. Those runs are redacted; at
+ * most the two characters at each end that mix in neighbouring bytes remain, too little to
+ * rebuild a key. Keys shorter than MIN_ENCODED bytes get no encoded forms (their runs would be
+ * short enough to occur by chance in ordinary base64 or hex text).
  */
+
+const MIN_ENCODED = 16
+
+/** The base64 runs that only the key's bytes determine, for each alignment (see above). */
+function base64Cores(key: Buffer): string[] {
+  const out: string[] = []
+  for (const skip of [0, 2, 1]) {
+    const whole = Math.floor((key.length - skip) / 3) * 3
+    if (whole <= 0) continue
+    const b64 = key.subarray(skip, skip + whole).toString('base64')
+    out.push(b64, b64.replace(/\+/g, '-').replace(/\//g, '_'))
+  }
+  return out
+}
 
 export const REDACTED = '[REDACTED]'
 const REDACTED_BUF = Buffer.from(REDACTED)
@@ -22,6 +44,12 @@ export class Redactor {
     if (!key || this.seen.has(key)) return
     this.seen.add(key)
     const forms = new Set<string>([key, JSON.stringify(key).slice(1, -1), encodeURIComponent(key)])
+    const raw = Buffer.from(key)
+    if (raw.length >= MIN_ENCODED) {
+      for (const f of base64Cores(raw)) forms.add(f)
+      forms.add(raw.toString('hex'))
+      forms.add(raw.toString('hex').toUpperCase())
+    }
     for (const f of forms) {
       if (!f) continue
       this.strings.push(f)

@@ -158,6 +158,42 @@ t.test('redactor: a key split at every offset across two or three chunks', async
   t.equal(r.string(`a ${encodeURIComponent(key)} b`), 'a [REDACTED] b')
 })
 
+t.test('redactor: the key base64-encoded at any alignment, base64url and hex, inside longer text', async (t) => {
+  const key = 'sk-live-Zq8vL2mN4pR6tY0wX3cB5dF7gH9jK1'
+  const r = new Redactor()
+  r.add(key)
+  let cases = 0
+  for (const prefix of ['', 'x', 'xy', 'Bearer ', 'user:', 'ab:']) {
+    for (const suffix of ['', '!', '\n']) {
+      const plain = Buffer.from(prefix + key + suffix)
+      for (const enc of [plain.toString('base64'), plain.toString('base64url'), plain.toString('hex'), plain.toString('hex').toUpperCase()]) {
+        const text = `{"echo":"${enc}"}`
+        const out = r.string(text)
+        const outStream = (() => {
+          const s = r.stream()
+          const mid = Math.floor(text.length / 2)
+          return Buffer.concat([s.push(Buffer.from(text.slice(0, mid))), s.push(Buffer.from(text.slice(mid))), s.end()]).toString()
+        })()
+        for (const o of [out, outStream]) {
+          // what is left of the encoded text must not decode back to the key, nor to most of it
+          const left = o.replace(/^\{"echo":"|"\}$/g, '').split('[REDACTED]')
+          const leaked = left.map((p) => (/^[0-9a-fA-F]+$/.test(p) ? Buffer.from(p, 'hex') : Buffer.from(p, 'base64')).toString('latin1')).join('')
+          if (!o.includes('[REDACTED]') || leaked.includes(key.slice(0, 8)) || leaked.includes(key.slice(-8))) {
+            t.fail(`${JSON.stringify(prefix)} + key + ${JSON.stringify(suffix)} as ${enc.slice(0, 12)}...: ${o}`)
+            return
+          }
+        }
+        cases++
+      }
+    }
+  }
+  t.pass(`${cases} encodings redacted, whole and split across chunks`)
+  const short = new Redactor()
+  short.add('sk-short')
+  t.equal(short.string(Buffer.from('sk-short').toString('base64')), Buffer.from('sk-short').toString('base64'), 'a short key has no encoded forms (they would match by chance)')
+  t.equal(r.string('aGVsbG8gd29ybGQ= 68656c6c6f'), 'aGVsbG8gd29ybGQ= 68656c6c6f', 'ordinary base64 and hex pass unchanged')
+})
+
 t.test('the shipped example config validates', async (t) => {
   const { loadConfigFile } = await import('../../lib/router/config.js')
   const here = new URL('../../profiles/router.example.yaml', import.meta.url).pathname

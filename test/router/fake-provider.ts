@@ -14,7 +14,8 @@
  *
  * Commands can also come in the prompt (so a sandboxed agent can trigger them): a user message
  * containing `fake:status=503`, `fake:hang`, `fake:echo` (echo the received headers, including the
- * credential, into the answer text, a response header and the error bodies), `fake:echo-split`
+ * credential, into the answer text, a response header and the error bodies), `fake:echo-encoded`
+ * (the credential base64- and hex-encoded in the answer and a header), `fake:echo-split`
  * (stream the credential in one event whose bytes go out in two TCP writes split inside the key), `fake:slow` (stream 40 chunks, 25 ms apart),
  * `fake:die` (drop the connection mid-stream).
  */
@@ -179,6 +180,13 @@ export class FakeProvider extends EventEmitter {
     const echoHeaders: Record<string, string> = echo ? { 'x-request-id': `req-${cred}`, 'x-echo-authorization': String(req.headers.authorization ?? '') } : {}
     let answer = this.opts.answer ?? `hello from ${this.name}`
     if (echo) answer += ` headers=${JSON.stringify(req.headers)}`
+    // fake:echo-encoded: the credential as an upstream's debug output might carry it, base64 (as in
+    // a Basic authorization, at three alignments) and hex
+    if (cmd('echo-encoded')) {
+      const enc = (s: string) => [Buffer.from(s).toString('base64'), Buffer.from(s).toString('hex')].join(' ')
+      answer += ` b64=${enc(`${cred}`)} basic=${enc(`user:${cred}`)} pad=${enc(`ab${cred}!`)}`
+      echoHeaders['x-request-id'] = `req-${Buffer.from(`user:${cred}`).toString('base64')}`
+    }
     const usage = this.opts.usage ?? { input: 10, output: 5 }
     const model = body?.model ?? 'unknown'
     const stream = body?.stream === true

@@ -168,6 +168,16 @@ t.test('the provider echoes the key: redacted in body, headers and stream (split
   await as.finalMessage()
   t.equal(atext, 'leak [REDACTED] end')
 
+  // encoded echoes: base64 at every alignment (a Basic authorization among them) and hex
+  const enc = await openai.chat.completions.create({ model: 'gpt-fast', messages: [{ role: 'user', content: 'fake:echo-encoded' }] }).withResponse()
+  const encText = enc.data.choices[0]!.message.content!
+  const encForms = (s: string) => [Buffer.from(s).toString('base64'), Buffer.from(s).toString('hex')]
+  for (const plain of [REAL_KEY, `user:${REAL_KEY}`, `ab${REAL_KEY}!`]) {
+    for (const f of encForms(plain)) t.notOk(encText.includes(f), `the key encoded (${f.slice(0, 10)}...) is not in the answer`)
+  }
+  t.ok(encText.split('[REDACTED]').length - 1 >= 6, 'the six encoded keys (and the raw one in the echoed headers) replaced')
+  t.equal(enc.response.headers.get('x-request-id'), 'req-dXNlcjpz[REDACTED]', 'a Basic authorization echoed in a response header is redacted')
+
   // an upstream 401 that quotes the credential
   oa.opts.expectKey = 'something-else'
   const bad = await raw(`${h.url}/v1/chat/completions`, { body: JSON.stringify({ model: 'gpt-fast', messages: [{ role: 'user', content: 'fake:echo' }] }) })
