@@ -119,6 +119,8 @@ interface ConnState {
   sock: net.Socket
   /** per-connection resolution and "already durably logged" cache, valid for one policy generation */
   cache: Map<string, { gen: number; address: string; key: string }>
+  /** set inside a CONNECT to one of cordon's services: every request goes to this origin */
+  origin?: string
 }
 
 interface Outcome {
@@ -1045,7 +1047,9 @@ export class Engine {
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = performance.now()
     const conn = this.conns.get(req.socket)!
-    const raw = req.url ?? ''
+    // inside a CONNECT to one of cordon's services (serveInTunnel) the target is the tunnel's,
+    // whatever the request line names
+    const raw = conn.origin ? conn.origin + (req.url ?? '/').replace(/^[a-z]+:\/\/[^/]*/i, '') : (req.url ?? '')
     let url: URL
     try {
       if (!/^http:\/\//i.test(raw)) throw new Error('not absolute')
@@ -1161,6 +1165,23 @@ export class Engine {
     })
   }
 
+  /**
+   * `CONNECT inference.local:80` (or gateway.local): agents that tunnel plain HTTP this way get the
+   * same treatment as absolute-URI requests. The gate answers 200 and serves the HTTP inside the
+   * tunnel itself, so each request there is decided and audited, and carries the x-cordon-sandbox
+   * header the router's and gateway's limits rely on (a blind relay would carry the client's
+   * bytes, identity included, untouched).
+   */
+  private serveInTunnel(sock: net.Socket, head: Buffer, t: Target, o: Outcome, started: number): void {
+    const read0 = sock.bytesRead
+    const written0 = sock.bytesWritten
+    sock.write(CONNECT_OK)
+    sock.once('close', () => this.endRecord(o, started, sock.bytesWritten - written0, head.length + sock.bytesRead - read0))
+    if (head.length) sock.unshift(head)
+    this.server!.emit('connection', sock) // a fresh HTTP parser on the same socket
+    this.conns.get(sock)!.origin = `http://${t.host}:${t.port}`
+  }
+
   /** CONNECT host:port, or an Upgrade (WebSocket) absolute-URI request: decide, then relay bytes. */
   private async onTunnel(req: http.IncomingMessage, sock: net.Socket, head: Buffer, via: 'connect' | 'upgrade'): Promise<void> {
     const started = performance.now()
@@ -1209,6 +1230,7 @@ export class Engine {
       this.endRecord(o, started, 0, 0, 'client went away')
       return
     }
+    if (via === 'connect' && o.service && t.port === 80) return this.serveInTunnel(sock, head, t, o, started)
     openRelay(
       o.address!,
       o.port,
