@@ -151,7 +151,7 @@ try {
   const cpu = { splice: 0, node: 0 }
   // the same engine with `--relay node`: what the splice relay saves
   const en = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine-node.sock'), '--relay', 'node', '--audit', path.join(dir, 'audit-node.jsonl'), '--resolve', `api.example.com=127.0.0.2`], {}, [], process.env.BENCH_SOURCE !== 'lib')
-  const RUNS = arg('runs', 5)
+  const RUNS = arg('runs', 15) // a download takes ~0.1 s: many pairs make the median steadier on a noisy VM
   for (let i = 0; i < RUNS; i++) {
     const d = await download(up.port, '127.0.0.2', null, bytes)
     let c0 = processCpuMs(e.ready.pid)
