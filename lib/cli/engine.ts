@@ -68,6 +68,7 @@ export function formatAuditLine(line: string): string | null {
   }
   if (r.type === 'end') return `${t} end     ${r.decision_id} in ${r.bytes_in} B out ${r.bytes_out} B ${r.duration_ms} ms${r.error ? ` (${r.error})` : ''}`
   if (r.type === 'reload') return `${t} reload  ${r.ok ? (r.changed ? `applied ${String(r.hash).slice(0, 12)}` : 'unchanged') : `REJECTED, old policy stays: ${(r.errors as string[]).join('; ')}`} (${r.trigger})`
+  if (r.type === 'reopen') return `${t} reopen  the audit log continues in a new file (${r.trigger})`
   if (r.type === 'approval') return `${t} ${r.action === 'allow' ? 'APPROVE' : 'DENY   '} ${r.rule}${r.persist ? ' (persisted to the policy)' : ' (this session)'} by ${r.by} (${r.pending_id})`
   return `${t} ${r.type} ${JSON.stringify(r)}`
 }
@@ -141,6 +142,9 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
   process.on('SIGTERM', () => void stop())
   process.on('SIGINT', () => void stop())
   process.on('SIGHUP', () => {
+    // one signal for both, as logrotate's postrotate sends it: continue the audit trail in a new
+    // file at its path, and re-read the policy (a reload of an unchanged policy changes nothing)
+    if (o.audit && !engine.reopenAudit('SIGHUP')) process.stderr.write(`cordon engine: could not reopen the audit log ${String(o.audit)}; still writing to the old file\n`)
     const r = engine.reload('SIGHUP')
     if (!r.ok) process.stderr.write(`cordon engine: reload rejected, old policy stays:\n  ${r.errors!.join('\n  ')}\n`)
   })

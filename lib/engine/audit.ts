@@ -172,6 +172,33 @@ export class AuditLog {
     return () => this.followers.delete(f)
   }
 
+  /**
+   * Log rotation (logrotate's default `create` mode renames the file, then signals us): write
+   * what is pending to the file we hold, make it durable, then continue in a file opened anew at
+   * the configured path. Nothing is lost between the two: every record is written to one of them.
+   * Returns false (and keeps the old file) when the path cannot be opened.
+   */
+  reopen(): boolean {
+    if (this.fd === null || !this.file) return false
+    let next: number
+    try {
+      fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 })
+      next = fs.openSync(this.file, 'a', 0o600)
+    } catch {
+      return false
+    }
+    const old = this.fd
+    if (this.soon.length) fs.writeSync(old, this.takeSoon())
+    try {
+      fs.fdatasyncSync(old) // covers every record an fdatasync in flight on it would have
+    } catch {
+      /* the records were written; an EIO here would repeat on any retry */
+    }
+    this.fd = next
+    fs.closeSync(old)
+    return true
+  }
+
   close(): void {
     if (this.lazyTimer) clearTimeout(this.lazyTimer)
     if (this.fd !== null && this.soon.length) fs.writeSync(this.fd, this.takeSoon())

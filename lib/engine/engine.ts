@@ -577,6 +577,13 @@ export class Engine {
 
   // ---------------------------------------------------------------- policy / reload
 
+  /** Continue the audit trail in a file opened anew at its path (after logrotate moved it); audited in the new file. */
+  reopenAudit(trigger: string): boolean {
+    const ok = this.audit.reopen()
+    if (ok) this.audit.append({ time: now(), type: 'reopen', trigger, pid: process.pid, policy_hash: this.policy.hash })
+    return ok
+  }
+
   reload(trigger: string): ReloadResult {
     let next: LoadedPolicy
     try {

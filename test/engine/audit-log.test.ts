@@ -50,3 +50,38 @@ t.test('end records reach the file within 20 ms on their own, and on close', asy
   log.close()
   t.same(lines().map((l) => l.n), [1, 2], 'flushed by close')
 })
+
+t.test('reopen after a rotation: every record lands in the old file or the new one, none twice, none lost', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cordon-audit-rotate-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'audit.jsonl')
+  const log = new AuditLog(file, 'always')
+  const commits: Array<Promise<void>> = []
+  for (let i = 0; i < 50; i++) commits.push(log.commit({ type: 'decision', n: i }))
+  log.appendSoon({ type: 'end', n: 50 }) // pending when the rotation comes
+  fs.renameSync(file, `${file}.1`) // what logrotate does, before it signals
+  t.ok(log.reopen(), 'reopened')
+  for (let i = 51; i < 100; i++) commits.push(log.commit({ type: 'decision', n: i }))
+  await Promise.all(commits)
+  log.close()
+  const read = (f: string) => fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).n as number)
+  const old = read(`${file}.1`)
+  const now = read(file)
+  t.same(old, [...Array(51).keys()], 'the rotated file holds everything made before the reopen, the pending end record included')
+  t.same(now, Array.from({ length: 49 }, (_, i) => i + 51), 'the new file holds the rest')
+  t.equal((fs.statSync(file).mode & 0o777).toString(8), '600', 'the new file is created 0600')
+})
+
+t.test('reopen keeps the old file when the path cannot be opened', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cordon-audit-rotate-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'audit.jsonl')
+  const log = new AuditLog(file, 'none')
+  log.append({ type: 'decision', n: 1 })
+  fs.renameSync(file, `${file}.1`)
+  fs.mkdirSync(file) // a directory where the file should be: open fails
+  t.notOk(log.reopen(), 'reopen says it failed')
+  log.append({ type: 'decision', n: 2 })
+  log.close()
+  t.same(fs.readFileSync(`${file}.1`, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).n), [1, 2], 'records go on to the old file: none lost')
+})
