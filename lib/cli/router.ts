@@ -124,7 +124,12 @@ export function register(program: Command): void {
         throw e
       }
       process.stderr.write(`cordon router: listening on ${r.addresses().join(', ') || '(config listeners only)'}${r.controlAddress ? `, control ${r.controlAddress}` : ''}\n`)
-      process.on('SIGHUP', () => void r.reload('SIGHUP'))
+      process.on('SIGHUP', () => {
+        // logrotate's postrotate signal: a new audit file at its path, and a config re-read
+        // (an unchanged config changes nothing)
+        if (o.audit && !r.reopenAudit()) process.stderr.write(`cordon router: could not reopen the audit log ${o.audit}; still writing to the old file\n`)
+        void r.reload('SIGHUP')
+      })
       await new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           r.log.info({ signal: sig }, 'stopping: finishing requests in flight')

@@ -65,7 +65,7 @@ export class AuditLog {
   onError: (e: Error) => void = () => {}
 
   constructor(
-    file: string | null,
+    private readonly file: string | null,
     private readonly redactor: Redactor,
     private readonly dest?: Dest,
   ) {
@@ -145,7 +145,7 @@ export class AuditLog {
     this.fsyncs++
     fdatasync(fd, (err) => {
       this.syncing = false
-      if (err) this.onError(err)
+      if (err && fd === this.fd) this.onError(err) // not for a file reopen() already synced and closed
       for (const w of batch) w()
       if (this.nextRound.length) {
         this.waiting = this.nextRound
@@ -164,6 +164,33 @@ export class AuditLog {
       this.sync()
     }, this.syncMs)
     this.timer.unref()
+  }
+
+  /**
+   * Log rotation (logrotate renames the file, then signals): what is committed goes to the file we
+   * hold, which is made durable, then records continue in a file opened anew at the configured
+   * path. Returns false (and keeps the old file) when the path cannot be opened.
+   */
+  reopen(): boolean {
+    if (this.fd === null || !this.file) return false
+    let next: number
+    try {
+      mkdirSync(dirname(this.file), { recursive: true })
+      next = openSync(this.file, 'a', 0o600)
+    } catch (e) {
+      this.onError(e as Error)
+      return false
+    }
+    this.writeBatch()
+    const old = this.fd
+    try {
+      fdatasyncSync(old) // covers every record an fdatasync in flight on it would have
+    } catch (e) {
+      this.onError(e as Error)
+    }
+    this.fd = next
+    closeSync(old)
+    return true
   }
 
   /** fdatasync what is written and close the file. */

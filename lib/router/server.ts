@@ -224,6 +224,13 @@ export class PrivacyRouter {
     }
   }
 
+  /** Continue the audit in a file opened anew at its path (after logrotate renamed it). */
+  reopenAudit(): boolean {
+    const ok = this.audit.reopen()
+    if (ok) this.log.info('audit log reopened')
+    return ok
+  }
+
   /**
    * Re-read the config and keys. Invalid: the old config stays and the error (with file:line) is
    * returned. In-flight requests keep the config object they started with.

@@ -8,7 +8,7 @@
  *  - close() fdatasyncs and releases every waiter; keys are redacted in the file.
  */
 import t from 'tap'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AuditLog, type AuditRecord } from '../../lib/router/audit.js'
@@ -111,3 +111,23 @@ t.test('audit.sync_ms in router.yaml: default 100, 0 accepted, bad values reject
     t.match((err as Error)?.message, /router\.yaml:1:\d+: .*sync_ms/, 'with file:line and the field')
   }
 })
+
+for (const syncMs of [100, 0]) {
+  t.test(`reopen after a rotation (sync_ms ${syncMs}): each record in exactly one file, none lost, no error reported`, async (t) => {
+    const { file, log } = setup(t)
+    log.syncMs = syncMs
+    const errors: string[] = []
+    log.onError = (e) => errors.push(e.message)
+    const commit = (i: number) => new Promise<void>((resolve) => log.commit(rec(i), resolve))
+    const before = Array.from({ length: 30 }, (_, i) => commit(i)) // still in this turn's batch
+    renameSync(file, `${file}.1`)
+    t.ok(log.reopen(), 'reopened')
+    const after = Array.from({ length: 30 }, (_, i) => commit(30 + i))
+    await Promise.all([...before, ...after])
+    await log.close()
+    const ns = (f: string) => readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).tokens_in as number)
+    t.same(ns(`${file}.1`), [...Array(30).keys()], 'the rotated file has the records committed before')
+    t.same(ns(file), Array.from({ length: 30 }, (_, i) => 30 + i), 'the new file the rest')
+    t.same(errors, [], 'the fdatasync still in flight on the old file is not reported as a failure')
+  })
+}
