@@ -275,6 +275,9 @@ function openRelay(
     host: address,
     port,
     noDelay: true,
+    // the upstream's FIN ends only its direction (passed on to the client below); without this
+    // Node ends our side too and cuts an upload still in progress
+    allowHalfOpen: true,
     onread: {
       buffer: Buffer.allocUnsafe(256 * 1024),
       callback: (n: number, buf: Uint8Array) => {

@@ -95,6 +95,20 @@ for (const relay of ['splice', 'node'] as const) {
       t.notOk(end.error, 'a clean end has no error')
     })
 
+    t.test('the upstream finishes first (its FIN before the client is done uploading): the upload still arrives whole', async (t) => {
+      const toUp = crypto.randomBytes(4 << 20)
+      let upGot: Promise<Buffer> = Promise.resolve(Buffer.alloc(0))
+      script = (s) => {
+        upGot = readAll(s)
+        s.end('short answer') // and half-closes at once
+      }
+      const { s, after } = await tunnel(gate.port)
+      const answer = await readAll(s, after) // the client sees the upstream's end first
+      t.equal(answer.toString(), 'short answer')
+      s.end(toUp) // then uploads
+      t.equal(sha(await upGot), sha(toUp), 'every byte of the late upload reached the upstream')
+    })
+
     t.test('bytes sent right behind the CONNECT request (before its answer) reach the upstream first', async (t) => {
       let got: Promise<Buffer> = Promise.resolve(Buffer.alloc(0))
       script = (s) => {
