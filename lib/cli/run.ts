@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander'
 import { resolve } from 'node:path'
-import { loadPolicy, compilePlan, planHash, PolicyError } from '../policy/index.js'
+import { loadPolicy, compilePlan, amendPlan, PolicyError } from '../policy/index.js'
 import { doctor, probe, type DoctorReport } from '../kernel/probe.js'
 import { runPlan } from '../sandbox/spawn.js'
 import { ensureGateAddress, prepareNetns, proxyEnvFor, GATE_ADDRESS } from '../sandbox/netns.js'
@@ -42,29 +42,25 @@ export async function runCommand(cmd: string, args: string[], o: RunOpts): Promi
     throw Object.assign(new Error(`--gate-port ${o.gatePort}: not a TCP port (1-65535)`), { exitCode: 2 })
   }
   const gateSocket = o.gateSocket ?? process.env.CORDON_GATE_SOCKET
-  if (!features.isRoot || gateSocket !== undefined) {
-    // Without root (or when asked): a user + network namespace with only loopback, where a relay
-    // on 127.0.0.1:<gate port> carries connections to the engine's gate unix socket
-    if (gateSocket === undefined) {
-      throw Object.assign(new Error(
-        `${policy.source}: network: proxy without root needs the engine's gate unix socket: start the engine with ` +
-        `\`cordon engine --listen-unix PATH\` and pass \`--gate-socket PATH\` (or set CORDON_GATE_SOCKET); ` +
-        `as root, cordon run uses a veth to the gate on ${GATE_ADDRESS} instead`), { exitCode: 125 })
-    }
-    const relayed = compilePlan(policy, features, { env: { ...process.env }, gatePorts: [gatePort] })
-    for (const l of relayed.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
-    const { hash: _h, ...r } = relayed
-    const withProxy = { ...r, env: { ...relayed.env, ...proxyEnvFor({ host: '127.0.0.1', port: gatePort }) } }
-    return runThroughRelay({ ...withProxy, hash: planHash(withProxy) }, cmd, args, { gateSocket, port: gatePort, cwd: process.cwd() })
+  // Without root (or when asked): a user + network namespace with only loopback, where a relay on
+  // 127.0.0.1:<gate port> carries connections to the engine's gate unix socket (lib/sandbox/userns.ts)
+  const relayed = !features.isRoot || gateSocket !== undefined
+  if (relayed && gateSocket === undefined) {
+    throw Object.assign(new Error(
+      `${policy.source}: network: proxy without root needs the engine's gate unix socket: start the engine with ` +
+      `\`cordon engine --listen-unix PATH\` and pass \`--gate-socket PATH\` (or set CORDON_GATE_SOCKET); ` +
+      `as root, cordon run uses a veth to the gate on ${GATE_ADDRESS} instead`), { exitCode: 125 })
   }
   const compiled = compilePlan(policy, features, { env: process.env, gatePorts: [gatePort] })
   for (const l of compiled.lost) process.stderr.write(`cordon: not enforced on this kernel: ${l}\n`)
+  if (relayed) {
+    const plan = amendPlan(compiled, { env: { ...compiled.env, ...proxyEnvFor({ host: '127.0.0.1', port: gatePort }) } })
+    return runThroughRelay(plan, cmd, args, { gateSocket: gateSocket!, port: gatePort, cwd: process.cwd() })
+  }
   ensureGateAddress()
   const ns = prepareNetns({ id: `run-${process.pid}`, gatePort })
   try {
-    const { hash: _old, ...rest } = compiled
-    const joined = { ...rest, network: { mode: 'join' as const, path: ns.netnsPath }, env: { ...compiled.env, ...ns.proxyEnv } }
-    const plan = { ...joined, hash: planHash(joined) }
+    const plan = amendPlan(compiled, { network: { mode: 'join', path: ns.netnsPath }, env: { ...compiled.env, ...ns.proxyEnv } })
     return await runPlan(plan, cmd, args, { cwd: process.cwd(), dieWithParent: true })
   } finally {
     ns.cleanup()

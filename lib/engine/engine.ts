@@ -294,7 +294,7 @@ function openRelay(
   up.once('connect', () => {
     connected = true
     const first = onConnect()
-    if (mode === 'splice' && !client.destroyed && kernelRelay.canHandOver(client, up)) {
+    if (mode === 'splice' && kernelRelay.canHandOver(client, up)) {
       try {
         const tunnel = kernelRelay.handOver(client, up, first.toClient, first.toUpstream, idleMs, (end) => {
           tunnels.delete(tunnel)
@@ -1184,8 +1184,8 @@ export class Engine {
    */
   private serveInTunnel(sock: net.Socket, head: Buffer, t: Target, o: Outcome, started: number): void {
     const read0 = sock.bytesRead
-    const written0 = sock.bytesWritten
     sock.write(CONNECT_OK)
+    const written0 = sock.bytesWritten // the 200 line is ours, not the destination's (as in openRelay)
     sock.once('close', () => this.endRecord(o, started, sock.bytesWritten - written0, head.length + sock.bytesRead - read0))
     if (head.length) sock.unshift(head)
     this.server!.emit('connection', sock) // a fresh HTTP parser on the same socket

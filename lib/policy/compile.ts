@@ -100,6 +100,13 @@ export function planHash(plan: Omit<Plan, 'hash'> & { hash?: string }): string {
   return crypto.createHash('sha256').update(JSON.stringify(canonical(rest))).digest('hex')
 }
 
+/** A compiled plan with some fields replaced (where the sandbox's network comes from, its proxy
+ * environment), hashed anew so the helper's verification matches what is applied. */
+export function amendPlan(plan: Plan, patch: Partial<Omit<Plan, 'hash'>>): Plan {
+  const next = { ...plan, ...patch }
+  return { ...next, hash: planHash(next) }
+}
+
 function under(p: string, dir: string): boolean {
   return dir === '/' || p === dir || p.startsWith(dir + '/')
 }

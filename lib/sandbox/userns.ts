@@ -23,7 +23,7 @@ import { helperPath, packageRoot } from '../kernel/addon.js'
 import { helperArgv, HELPER_FAILED } from './argv.js'
 import { waitChild } from './spawn.js'
 import { startRelay } from './relay.js'
-import { planHash, type Plan } from '../policy/index.js'
+import { amendPlan, type Plan } from '../policy/index.js'
 
 const SPEC_VAR = 'CORDON_USERNS_SPEC'
 
@@ -59,13 +59,11 @@ export function runThroughRelay(plan: Plan, cmd: string, args: string[], o: { ga
     throw Object.assign(new Error(`gate socket ${o.gateSocket}: ${(e as NodeJS.ErrnoException).code}; start the engine with \`cordon engine --listen-unix ${o.gateSocket}\` (or pass --gate-socket)`), { exitCode: HELPER_FAILED })
   }
   if (!st.isSocket()) throw Object.assign(new Error(`gate socket ${o.gateSocket}: not a unix socket`), { exitCode: HELPER_FAILED })
-  const { hash: _old, ...rest } = plan
-  const inner = { ...rest, network: { mode: 'host' as const } }
   const spec: Spec = {
     gateSocket: resolve(o.gateSocket),
     port: o.port,
     helper: helperPath(),
-    helperArgv: helperArgv({ ...inner, hash: planHash(inner) }),
+    helperArgv: helperArgv(amendPlan(plan, { network: { mode: 'host' } })),
     cmd,
     args,
     env: plan.env,
