@@ -10,6 +10,7 @@ import { Engine, parseHostPort, type HostPort } from '../engine/engine.js'
 import { startControl } from '../engine/control.js'
 import { controlTarget, requestJson, requestRaw, DEFAULT_ENGINE_SOCKET } from '../engine/client.js'
 import { tailFile } from '../engine/audit.js'
+import * as kernelRelay from '../kernel/relay.js'
 
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v]
@@ -88,6 +89,20 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
   }
   let token: string | null = process.env.CORDON_ENGINE_TOKEN ?? null
   if (o.controlTokenFile) token = fs.readFileSync(String(o.controlTokenFile), 'utf8').trim()
+  // SIGTERM/SIGINT stop the engine from the moment it exists: one that arrives while it is still
+  // starting lets the start finish (or fail), then stops it the same way (listeners closed, sockets
+  // removed, the audit log closed with its stop record). A second signal while stopping is ignored.
+  let signalled: NodeJS.Signals | null = null
+  let onStop: () => void = () => undefined
+  const stopRequested = new Promise<void>((r) => (onStop = r))
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) return void process.stderr.write(`cordon engine: ${sig} while stopping (after ${signalled}); still stopping\n`)
+    signalled = sig
+    onStop()
+  }
+  process.on('SIGTERM', onSignal)
+  process.on('SIGINT', onSignal)
+  let control: Awaited<ReturnType<typeof startControl>> | null = null
   const engine = new Engine({
     policyFile: String(o.policy),
     listen: parseHostPort(String(o.listen), '--listen'),
@@ -108,39 +123,61 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     socks: o.socks ? parseHostPort(String(o.socks), '--socks') : null,
     listenUnix: (o.listenUnix as string) ?? null,
   })
+  let closing: Promise<void> | null = null
+  const close = () =>
+    (closing ??= (async () => {
+      // the control API first (its listeners and followers), bounded: a control client must not hold the stop
+      if (control) await Promise.race([control.close().catch(() => undefined), new Promise((r) => setTimeout(r, 1_000).unref())])
+      await engine.stop() // bounded waits of its own
+    })())
   let gate: HostPort
   try {
     gate = await engine.start()
   } catch (e) {
+    await close() // what start() opened before it failed
     fail(`cannot start the engine: ${(e as Error).message}`)
   }
-  const control = await startControl(engine, {
-    socket: o.control === 'none' ? null : String(o.control ?? process.env.CORDON_ENGINE_SOCKET ?? DEFAULT_ENGINE_SOCKET),
-    tcp: o.controlTcp ? parseHostPort(String(o.controlTcp), '--control-tcp') : null,
-    token,
-  })
+  if (!signalled) {
+    try {
+      control = await startControl(engine, {
+        socket: o.control === 'none' ? null : String(o.control ?? process.env.CORDON_ENGINE_SOCKET ?? DEFAULT_ENGINE_SOCKET),
+        tcp: o.controlTcp ? parseHostPort(String(o.controlTcp), '--control-tcp') : null,
+        token,
+      })
+    } catch (e) {
+      await close()
+      fail(`cannot start the control API: ${(e as Error).message}`)
+    }
+  }
+  const exit = async () => {
+    try {
+      await close()
+    } catch (e) {
+      process.stderr.write(`cordon engine: stopping failed: ${(e as Error).message}\n`)
+      process.exitCode = 1
+    }
+    // process.exit() joins the thread pool, where the splice relay runs while it holds a tunnel:
+    // after stop() it holds none; should it still, exit at once rather than never
+    if (kernelRelay.relayed() > 0) {
+      process.stderr.write(`cordon engine: the splice relay still holds ${kernelRelay.relayed()} tunnel(s) after stopping; exiting hard\n`)
+      process.kill(process.pid, 'SIGKILL')
+    }
+    process.exit()
+  }
+  if (signalled) return exit() // stopped while starting: no ready line
   const ready = {
     ready: true,
     pid: process.pid,
     gate,
     control: o.control === 'none' ? null : (o.control ?? process.env.CORDON_ENGINE_SOCKET ?? DEFAULT_ENGINE_SOCKET),
-    control_tcp: control.tcpAddress ?? null,
+    control_tcp: control?.tcpAddress ?? null,
     socks: engine.socksAddress(),
     policy: engine.policy.file,
     hash: engine.policy.hash,
   }
   process.stdout.write(JSON.stringify(ready) + '\n')
   process.stderr.write(`cordon engine: gate on ${gate.host}:${gate.port}${engine.socksAddress() ? `, socks5 on ${engine.socksAddress()!.host}:${engine.socksAddress()!.port}` : ''}, control ${ready.control ?? 'off'}, policy ${engine.policy.file} (${engine.policy.network.mode}, unlisted: ${engine.policy.network.unlisted})\n`)
-  let stopping = false
-  const stop = async () => {
-    if (stopping) return
-    stopping = true
-    await control.close()
-    await engine.stop()
-    process.exit(0)
-  }
-  process.on('SIGTERM', () => void stop())
-  process.on('SIGINT', () => void stop())
+  void stopRequested.then(exit)
   process.on('SIGHUP', () => {
     // one signal for both, as logrotate's postrotate sends it: continue the audit trail in a new
     // file at its path, and re-read the policy (a reload of an unchanged policy changes nothing)

@@ -329,6 +329,13 @@ function openRelay(
   client.on('close', () => {
     if (!handedOver) up.destroy()
   })
+  // Engine.stop() ends a tunnel Node relays (or one still connecting) through this event, so its
+  // end record says why, as the splice relay's Tunnel.close(reason) does for the tunnels it holds
+  client.once('cordon:stop', (reason: string) => {
+    finish(reason)
+    up.destroy()
+    client.destroy()
+  })
   return up
 }
 
@@ -460,7 +467,10 @@ export class Engine {
   // ---------------------------------------------------------------- SOCKS5 (RFC 1928), CONNECT only
 
   private async startSocks(listen: HostPort): Promise<void> {
-    const srv = net.createServer({ noDelay: true }, (s) => this.onSocks(s))
+    // half-open: a client's FIN ends only its direction (the relays pass it on), so a client that
+    // shuts down its write side still receives the whole answer; onSocks ends a client that
+    // half-closes before its tunnel starts
+    const srv = net.createServer({ noDelay: true, allowHalfOpen: true }, (s) => this.onSocks(s))
     srv.maxConnections = 10_000
     this.socksServer = srv
     await new Promise<void>((resolve, reject) => {
@@ -532,6 +542,12 @@ export class Engine {
       }
     }
     s.on('data', onData)
+    // the server is half-open (startSocks): a FIN during the greeting or the request would
+    // otherwise leave the socket open until the handshake timer; from the request on (busy) the
+    // FIN belongs to the tunnel, and the relay passes it on
+    s.on('end', () => {
+      if (stage !== 'busy') s.end()
+    })
     s.once('close', () => clearTimeout(hs))
   }
 
@@ -556,25 +572,73 @@ export class Engine {
     )
   }
 
+  private stopping: Promise<void> | null = null
+
   address(): HostPort {
     const a = this.server!.address() as net.AddressInfo
     return { host: a.address, port: a.port }
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stop: accept nothing more, end everything in flight (each end record says `engine stopping`),
+   * then close the audit log with a `stop` record. Every wait is bounded, and nothing is left in
+   * the splice relay: a process that exits (process.exit) while the relay still holds a tunnel
+   * never ends, because Node's exit joins the thread pool thread the relay runs on.
+   * Also safe on an engine whose start() failed half-way, and idempotent: a second call (a second
+   * signal, a test's teardown) waits for the first.
+   */
+  stop(): Promise<void> {
+    return (this.stopping ??= this.stopNow())
+  }
+
+  private async stopNow(): Promise<void> {
+    const reason = 'engine stopping'
+    const within = async (p: Promise<unknown>, ms: number) => {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))])
+      clearTimeout(timer)
+    }
     this.watcher?.close()
     if (this.pollTimer) clearInterval(this.pollTimer)
     if (this.reloadTimer) clearTimeout(this.reloadTimer)
     for (const p of this.pending.values()) if (p.timer) clearTimeout(p.timer)
-    for (const s of this.sockets) s.destroy()
-    for (const t of this.tunnels) t.close('engine stopping')
-    void this.upstream.destroy().catch(() => {})
-    if (this.socksServer) await new Promise<void>((r) => this.socksServer!.close(() => r()))
-    if (this.unixServer) await new Promise<void>((r) => this.unixServer!.close(() => r()))
-    if (this.server) await new Promise<void>((r) => this.server!.close(() => r()))
-    // the relay reports the tunnels it closed from its own thread: wait (briefly) for their end records
-    for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setTimeout(r, 10))
-    this.audit.append({ time: now(), type: 'stop', pid: process.pid })
+    // first stop listening, all at once: a connection accepted while the engine stops (an agent
+    // that reconnects at once) would be one nobody ends: server.close() would wait for it, and a
+    // tunnel it opened could reach the relay after the relay was emptied
+    const listening = [this.socksServer, this.unixServer, this.server]
+      .filter((s): s is net.Server => s !== null)
+      .map((s) => new Promise<void>((r) => s.close(() => r())))
+    // requests waiting for the operator are refused with the reason (each gets its deny record);
+    // the pending entries stay for the operator (with --state they are there after a restart)
+    for (const p of this.pending.values()) {
+      const waiters = [...p.waiters]
+      p.waiters.clear()
+      for (const w of waiters) w(false, reason)
+    }
+    // plain-HTTP requests: their upstream legs fail with the reason (their end records carry it)
+    await within(this.upstream.destroy(new Error(reason)).catch(() => undefined), 500)
+    const closed = new Set<kernelRelay.Tunnel>()
+    const endTunnels = () => {
+      for (const t of this.tunnels) {
+        if (closed.has(t)) continue
+        closed.add(t)
+        t.close(reason)
+      }
+      for (const s of this.sockets) s.emit('cordon:stop', reason) // tunnels Node relays (openRelay)
+      for (const s of this.sockets) s.destroy()
+    }
+    endTunnels()
+    this.server?.closeAllConnections()
+    await within(Promise.all(listening), 2_000)
+    // the relay reports the tunnels it closed from its own thread, and sockets report their close
+    // (end records, requests that waited for the operator settle): wait, briefly, for all of them
+    for (let i = 0; i < 100 && (this.tunnels.size > 0 || this.sockets.size > 0); i++) {
+      endTunnels()
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    await new Promise((r) => setImmediate(r))
+    // an engine whose start failed before its start record has no trail to close
+    if (this.audit.records > 0) this.audit.append({ time: now(), type: 'stop', pid: process.pid })
     this.audit.close()
   }
 
@@ -1186,7 +1250,9 @@ export class Engine {
     const read0 = sock.bytesRead
     sock.write(CONNECT_OK)
     const written0 = sock.bytesWritten // the 200 line is ours, not the destination's (as in openRelay)
-    sock.once('close', () => this.endRecord(o, started, sock.bytesWritten - written0, head.length + sock.bytesRead - read0))
+    let why: string | undefined // set by stop()
+    sock.once('cordon:stop', (reason: string) => (why = reason))
+    sock.once('close', () => this.endRecord(o, started, sock.bytesWritten - written0, head.length + sock.bytesRead - read0, why))
     if (head.length) sock.unshift(head)
     this.server!.emit('connection', sock) // a fresh HTTP parser on the same socket
     this.conns.get(sock)!.origin = `http://${t.host}:${t.port}`

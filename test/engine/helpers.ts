@@ -272,3 +272,36 @@ export async function pendingFor(sock: string, host: string): Promise<Record<str
   }, 20_000, `pending ${host}`)
   return found!
 }
+
+/**
+ * SOCKS5 CONNECT (no authentication, domain-name address) through the engine's SOCKS listener:
+ * resolves once the reply is read, with the socket paused and any bytes that came behind the reply.
+ * `rep` is the reply code (0: succeeded); the socket is half-open capable with `allowHalfOpen`.
+ */
+export function socksTunnel(port: number, host: string, targetPort: number, opts: { allowHalfOpen?: boolean } = {}): Promise<{ s: net.Socket; rep: number; after: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: opts.allowHalfOpen ?? false })
+    let buf = Buffer.alloc(0)
+    let stage: 'greet' | 'reply' = 'greet'
+    const onData = (c: Buffer) => {
+      buf = Buffer.concat([buf, c])
+      if (stage === 'greet') {
+        if (buf.length < 2) return
+        if (buf[0] !== 5 || buf[1] !== 0) return reject(new Error(`SOCKS greeting refused: ${buf.subarray(0, 2).toString('hex')}`))
+        buf = buf.subarray(2)
+        stage = 'reply'
+        const name = Buffer.from(host, 'latin1')
+        s.write(Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([targetPort >> 8, targetPort & 255])]))
+      }
+      if (stage === 'reply' && buf.length >= 10) {
+        s.off('data', onData)
+        s.pause()
+        resolve({ s, rep: buf[1]!, after: buf.subarray(10) })
+      }
+    }
+    s.on('data', onData)
+    s.once('error', reject)
+    s.once('close', () => reject(new Error(`SOCKS connection closed during the handshake (read ${buf.toString('hex')})`)))
+    s.on('connect', () => s.write(Buffer.from([5, 1, 0])))
+  })
+}
