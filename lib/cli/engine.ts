@@ -256,7 +256,7 @@ export function register(program: Command): void {
     .option('--resolve <name=addr>', 'resolve NAME to ADDR[,ADDR] instead of DNS (repeatable; pinning, tests)', collect, [])
     .option('--sandbox-id <id>', 'sandbox label for audit records of unregistered clients')
     .option('--netns-registry <dir>', 'directory where sandbox namespaces register their addresses', '/run/cordon/netns')
-    .addOption(new Option('--identify <which>', 'look up the client pid/binary via /proc for: all decisions, flagged (deny/ask) or none').choices(['all', 'flagged', 'none']).default('flagged'))
+    .addOption(new Option('--identify <which>', 'look up the client pid/binary via /proc (once per client connection, within a time budget) for: all decisions, flagged (deny/ask) only, or none').choices(['all', 'flagged', 'none']).default('all'))
     .option('--no-watch', 'do not watch the policy file (reload only via the control API or SIGHUP)')
     .option('--headers-timeout <seconds>', 'drop clients that do not send request headers in time', '15')
     .addOption(new Option('--relay <who>', 'who moves the bytes of an established tunnel: the kernel (splice, no copies through the engine) or Node').choices(['splice', 'node']).default('splice'))

@@ -60,8 +60,10 @@ export interface EngineOptions {
   sandboxId?: string
   /** directory where lib/sandbox/netns.ts registers sandbox addresses (file name = address) */
   netnsRegistry?: string
-  /** which decisions look up the client process through /proc (costs a /proc walk) */
+  /** look up the client's pid and binary for every connection's decisions (default), deny/ask only, or never */
   identify?: 'all' | 'flagged' | 'none'
+  /** the /proc walks' time budget, ms (refills at 5% of the time that passes; default 100) */
+  identifyBudgetMs?: number
   watch?: boolean
   headersTimeoutMs?: number
   requestTimeoutMs?: number
@@ -121,6 +123,10 @@ interface ConnState {
   cache: Map<string, { gen: number; address: string; key: string }>
   /** set inside a CONNECT to one of cordon's services: every request goes to this origin */
   origin?: string
+  /** the client process, once looked up (identify()); null: not found or not looked up by choice */
+  peer?: PeerProcess | null
+  /** the client address is a registered sandbox's (its namespace is not the engine's) */
+  registered: boolean
 }
 
 interface Outcome {
@@ -371,10 +377,12 @@ export class Engine {
   private readonly mActive: Gauge
   private readonly mReloads: Counter<'result'>
   private readonly mPending: Gauge
+  private readonly mLookups: Counter<'result'>
   readonly startedAt = now()
 
   constructor(opts: EngineOptions) {
     this.opts = opts
+    this.idBudgetMs = opts.identifyBudgetMs ?? 100
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
     this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
     this.upstreamTimeoutMs = Math.min(opts.tunnelIdleMs ?? 3_600_000, 3_600_000)
@@ -395,6 +403,7 @@ export class Engine {
     })
     this.mReloads = new Counter({ name: 'cordon_engine_reloads_total', help: 'policy reloads', labelNames: ['result'], registers: [this.metrics] })
     this.mPending = new Gauge({ name: 'cordon_engine_pending', help: 'requests waiting for an operator', registers: [this.metrics] })
+    this.mLookups = new Counter({ name: 'cordon_engine_peer_lookups_total', help: 'client process lookups through /proc (found, unknown, or skipped: time budget spent)', labelNames: ['result'], registers: [this.metrics] })
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -896,34 +905,49 @@ export class Engine {
     return r.map((x) => x.address)
   }
 
-  private sandboxFor(addr: string): string {
+  private sandboxFor(addr: string): { id: string; registered: boolean } {
     const a = addr.replace(/^::ffff:/, '')
     if (this.opts.netnsRegistry) {
       try {
-        return fs.readFileSync(path.join(this.opts.netnsRegistry, a), 'utf8').trim() || a
+        const id = fs.readFileSync(path.join(this.opts.netnsRegistry, a), 'utf8').trim()
+        return { id: id || a, registered: true }
       } catch {
         /* not a registered sandbox */
       }
     }
-    return this.opts.sandboxId ?? a
+    return { id: this.opts.sandboxId ?? a, registered: false }
   }
 
-  private idTokens = 20
-  private idRefill = Date.now()
-  /** /proc walk for the client's pid and binary; rate-limited (20/s) so a loop of denied requests
-   * cannot stall the gate with /proc walks. */
-  private async identify(conn: ConnState): Promise<PeerProcess | null> {
-    if ((this.opts.identify ?? 'flagged') === 'none' || conn.clientAddr === 'unix') return null
-    const nowMs = Date.now()
-    this.idTokens = Math.min(20, this.idTokens + ((nowMs - this.idRefill) / 1000) * 20)
-    this.idRefill = nowMs
-    if (this.idTokens < 1) return null
-    this.idTokens--
-    try {
-      return findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort)
-    } catch {
-      return null
+  /** time budget for /proc walks, ms: refills at 5% of the time that passes, holds at most 100 */
+  private idBudgetMs: number
+  private idRefill = performance.now()
+  /**
+   * The client's pid and binary, by a /proc walk (procinfo.ts), once per client connection: every
+   * decision on the connection names the process the first one found. A walk is synchronous, so walks
+   * spend from a time budget (5% of the gate's time): a flood of new connections from the engine's
+   * own namespace, where a walk is expensive, cannot stall the gate. While the budget is spent the
+   * answer is 'skipped' (the audit record says so) and the connection is looked up again at its next
+   * decision.
+   */
+  private identify(conn: ConnState): PeerProcess | null | 'skipped' {
+    if (conn.peer !== undefined) return conn.peer
+    if ((this.opts.identify ?? 'all') === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
+    const t0 = performance.now()
+    this.idBudgetMs = Math.min(this.opts.identifyBudgetMs ?? 100, this.idBudgetMs + (t0 - this.idRefill) * 0.05)
+    this.idRefill = t0
+    if (this.idBudgetMs <= 0) {
+      this.mLookups.inc({ result: 'skipped' })
+      return 'skipped'
     }
+    let found: PeerProcess | null = null
+    try {
+      found = findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort, conn.registered)
+    } catch {
+      /* an unreadable /proc: recorded as unknown */
+    }
+    this.idBudgetMs -= performance.now() - t0
+    this.mLookups.inc({ result: found ? 'found' : 'unknown' })
+    return (conn.peer = found)
   }
 
   private denyOutcome(id: string, reason: string, rule: Rule | null, t: Target, status = 403, pendingId: string | null = null): Outcome {
@@ -935,7 +959,7 @@ export class Engine {
     const id = newId('d')
     const gen = this.generation
     let out: Outcome
-    let peer: PeerProcess | null = null
+    let peer: PeerProcess | null | 'skipped' | undefined
     let audited = false
     const svc = this.services.get(t.host)
     if (svc) {
@@ -949,8 +973,8 @@ export class Engine {
       let name: NameDecision = decideName(net, this.session, t)
       let pendingId: string | null = null
       if (name.action === 'unlisted' && net.unlisted === 'ask') {
-        peer = await this.identify(conn)
-        const r = await this.ask(t, conn, via, peer, id, requestId)
+        peer = this.identify(conn)
+        const r = await this.ask(t, conn, via, peer === 'skipped' ? null : peer, id, requestId)
         pendingId = r.pendingId || null
         name = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
       }
@@ -993,16 +1017,16 @@ export class Engine {
       }
     }
     // ---- audit before effect
-    if (out.action === 'deny' && !peer) peer = await this.identify(conn)
-    else if (out.action === 'allow' && (this.opts.identify ?? 'flagged') === 'all' && !peer) peer = await this.identify(conn)
+    if (peer === undefined && (out.action === 'deny' || (this.opts.identify ?? 'all') === 'all')) peer = this.identify(conn)
+    const who = peer === 'skipped' ? undefined : peer
     const rec: AuditRecord = {
       time: now(),
       type: 'decision',
       id,
       decision: out.action,
       sandbox: conn.sandbox,
-      pid: peer?.pid ?? null,
-      binary: peer?.binary ?? null,
+      pid: who?.pid ?? null,
+      binary: who?.binary ?? null,
       client: conn.client,
       via,
       host: t.host,
@@ -1013,6 +1037,7 @@ export class Engine {
       rule: out.rule,
       reason: out.reason,
     }
+    if (peer === 'skipped') rec.peer_lookup = 'skipped' // the /proc walk budget was spent (identify())
     if (out.pendingId) rec.pending_id = out.pendingId
     if (requestId) rec.request_id = requestId // correlation label only (see requestIdOf)
     this.mDecisions.inc({ decision: out.action, via })
@@ -1034,8 +1059,10 @@ export class Engine {
   private onConnection(s: net.Socket): void {
     if (s.remoteAddress !== undefined) s.setNoDelay(true)
     const clientAddr = s.remoteAddress ?? 'unix'
+    const sb = this.sandboxFor(clientAddr)
     const conn: ConnState = {
-      sandbox: this.sandboxFor(clientAddr),
+      sandbox: sb.id,
+      registered: sb.registered,
       client: `${clientAddr}:${s.remotePort}`,
       clientAddr,
       clientPort: s.remotePort ?? 0,

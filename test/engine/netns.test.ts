@@ -91,6 +91,21 @@ s.on('error', (e) => console.log(JSON.stringify({ error: e.code })))`
     t.ok(recs.length >= 2 && recs.every((x) => x.sandbox === id), 'decisions carry the sandbox id')
   })
 
+  t.test("the audit names the sandbox's process that asked (found in its own namespace)", async (t) => {
+    const who = `
+const http = require('http'); const u = new URL(process.env.HTTP_PROXY);
+http.request({ host: u.hostname, port: u.port, path: 'http://api.example.com:${up.port}/who' }, (res) => { res.resume(); res.on('end', () => console.log(JSON.stringify({ pid: process.pid, status: res.statusCode }))) }).end()`
+    const r = await inNs(who, ns.proxyEnv)
+    t.equal(r.status, 0, r.stderr)
+    const c = JSON.parse(r.stdout) as { pid: number; status: number }
+    t.equal(c.status, 200)
+    const rec = readAudit(audit).find((x) => x.type === 'decision' && x.path === '/who')
+    t.ok(rec, 'the decision is audited')
+    t.equal(rec?.pid, c.pid, "the pid of the client inside the sandbox's namespace")
+    t.equal(rec?.binary, fs.realpathSync(process.execPath))
+    t.equal(rec?.sandbox, id)
+  })
+
   t.test('a client that ignores the proxy has no route', async (t) => {
     const pub = JSON.parse((await inNs(direct('203.0.113.1', 80))).stdout)
     t.equal(pub.error, 'ENETUNREACH', 'no route to an outside address')
