@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs'
 import { Command, Option } from 'commander'
-import { Engine, parseHostPort, type HostPort } from '../engine/engine.js'
+import { Engine, parseHostPort, type HostPort, type Identify } from '../engine/engine.js'
 import { startControl } from '../engine/control.js'
 import { controlTarget, requestJson, requestRaw, DEFAULT_ENGINE_SOCKET } from '../engine/client.js'
 import { tailFile } from '../engine/audit.js'
@@ -116,7 +116,7 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     askTimeoutMs: Number(o.askTimeout) * 1000,
     sandboxId: o.sandboxId as string | undefined,
     netnsRegistry: o.netnsRegistry as string | undefined,
-    identify: o.identify as 'all' | 'flagged' | 'none',
+    identify: o.identify as Identify,
     watch: o.watch !== false,
     headersTimeoutMs: Number(o.headersTimeout) * 1000,
     relay: o.relay as 'splice' | 'node',
@@ -256,7 +256,7 @@ export function register(program: Command): void {
     .option('--resolve <name=addr>', 'resolve NAME to ADDR[,ADDR] instead of DNS (repeatable; pinning, tests)', collect, [])
     .option('--sandbox-id <id>', 'sandbox label for audit records of unregistered clients')
     .option('--netns-registry <dir>', 'directory where sandbox namespaces register their addresses', '/run/cordon/netns')
-    .addOption(new Option('--identify <which>', 'look up the client pid/binary via /proc (once per client connection, within a time budget) for: all decisions, flagged (deny/ask) only, or none').choices(['all', 'flagged', 'none']).default('all'))
+    .addOption(new Option('--identify <which>', 'whose decisions name the client pid/binary (a /proc walk once per client connection, within a time budget): all clients, sandboxes (a registered sandbox namespace; others on deny/ask), flagged (deny/ask only) or none').choices(['all', 'sandboxes', 'flagged', 'none']).default('sandboxes'))
     .option('--no-watch', 'do not watch the policy file (reload only via the control API or SIGHUP)')
     .option('--headers-timeout <seconds>', 'drop clients that do not send request headers in time', '15')
     .addOption(new Option('--relay <who>', 'who moves the bytes of an established tunnel: the kernel (splice, no copies through the engine) or Node').choices(['splice', 'node']).default('splice'))

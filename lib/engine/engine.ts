@@ -41,6 +41,8 @@ export interface HostPort {
 
 export type Lookup = (host: string) => Promise<Array<{ address: string; family: number }>>
 
+export type Identify = 'all' | 'sandboxes' | 'flagged' | 'none'
+
 export interface EngineOptions {
   policyFile: string
   listen: HostPort
@@ -60,8 +62,12 @@ export interface EngineOptions {
   sandboxId?: string
   /** directory where lib/sandbox/netns.ts registers sandbox addresses (file name = address) */
   netnsRegistry?: string
-  /** look up the client's pid and binary for every connection's decisions (default), deny/ask only, or never */
-  identify?: 'all' | 'flagged' | 'none'
+  /**
+   * whose decisions name the client's pid and binary (a /proc walk, once per connection): every
+   * client's (all); a registered sandbox's every decision and anyone else's deny/ask decisions
+   * (sandboxes, the default); deny/ask only (flagged); nobody's (none)
+   */
+  identify?: Identify
   /** the /proc walks' time budget, ms (refills at 5% of the time that passes; default 100) */
   identifyBudgetMs?: number
   watch?: boolean
@@ -931,7 +937,7 @@ export class Engine {
    */
   private identify(conn: ConnState): PeerProcess | null | 'skipped' {
     if (conn.peer !== undefined) return conn.peer
-    if ((this.opts.identify ?? 'all') === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
+    if (this.opts.identify === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
     const t0 = performance.now()
     this.idBudgetMs = Math.min(this.opts.identifyBudgetMs ?? 100, this.idBudgetMs + (t0 - this.idRefill) * 0.05)
     this.idRefill = t0
@@ -1017,7 +1023,8 @@ export class Engine {
       }
     }
     // ---- audit before effect
-    if (peer === undefined && (out.action === 'deny' || (this.opts.identify ?? 'all') === 'all')) peer = this.identify(conn)
+    const mode = this.opts.identify ?? 'sandboxes'
+    if (peer === undefined && (out.action === 'deny' || mode === 'all' || (mode === 'sandboxes' && conn.registered))) peer = this.identify(conn)
     const who = peer === 'skipped' ? undefined : peer
     const rec: AuditRecord = {
       time: now(),

@@ -41,16 +41,12 @@ function findInode(table: string, local: string, remote: string): number | null 
   return inode > 0 ? inode : null
 }
 
-function tables(prefix: string): string[] {
-  const out: string[] = []
-  for (const t of ['tcp', 'tcp6']) {
-    try {
-      out.push(fs.readFileSync(`${prefix}/net/${t}`, 'utf8'))
-    } catch {
-      /* absent */
-    }
+function table(prefix: string, name: 'tcp' | 'tcp6'): string {
+  try {
+    return fs.readFileSync(`${prefix}/net/${name}`, 'utf8')
+  } catch {
+    return '' // absent (no IPv6)
   }
-  return out
 }
 
 function pids(): number[] {
@@ -104,15 +100,18 @@ export function findPeerProcess(
   const ca = clientAddr.replace(/^::ffff:/, '')
   const ga = gateAddr.replace(/^::ffff:/, '')
   if (!isIP(ca) || !isIP(ga)) return null
-  const keys: Array<[string, string]> = []
+  // the client's socket: local = the client's address, remote = the gate's. An IPv4 client's socket is
+  // in `tcp`, or in `tcp6` as ::ffff:a.b.c.d when it is a dual-stack socket; each table read walks
+  // the kernel's whole (host-wide) connection hash, ~1-2 ms on a host with many sockets, so `tcp6` is
+  // read only when `tcp` does not have it
+  const keys: Array<['tcp' | 'tcp6', string, string]> = []
   if (isIP(ca) === 4) {
-    keys.push([hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
-    // an IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d in tcp6
-    keys.push([hexAddr(`::ffff:${ca}`, clientPort, true), hexAddr(`::ffff:${ga}`, gatePort, true)])
-  } else keys.push([hexAddr(ca, clientPort, true), hexAddr(ga, gatePort, true)])
-  const search = (ts: string[]) => {
-    for (const t of ts) for (const [l, r] of keys) {
-      const ino = findInode(t, l, r)
+    keys.push(['tcp', hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
+    keys.push(['tcp6', hexAddr(`::ffff:${ca}`, clientPort, true), hexAddr(`::ffff:${ga}`, gatePort, true)])
+  } else keys.push(['tcp6', hexAddr(ca, clientPort, true), hexAddr(ga, gatePort, true)])
+  const search = (prefix: string) => {
+    for (const [name, l, r] of keys) {
+      const ino = findInode(table(prefix, name), l, r)
       if (ino) return ino
     }
     return null
@@ -133,7 +132,7 @@ export function findPeerProcess(
     return n
   }
   let where = self
-  let inode = elsewhere ? null : search(tables('/proc/self'))
+  let inode = elsewhere ? null : search('/proc/self')
   if (!inode) {
     // the client may live in another network namespace (a sandbox): read each namespace's table once
     const seen = new Set<string>([self])
@@ -141,7 +140,7 @@ export function findPeerProcess(
       const n = netnsOf(pid)
       if (!n || seen.has(n)) continue
       seen.add(n)
-      inode = search(tables(`/proc/${pid}`))
+      inode = search(`/proc/${pid}`)
       if (inode) {
         where = n
         break

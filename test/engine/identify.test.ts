@@ -1,7 +1,9 @@
 /**
- * Which process asked: every decision record names the client's pid and binary (looked up once
- * per client connection through /proc), within a time budget for the /proc walks that says so in
- * the record when it is spent. The clients are real child processes.
+ * Which process asked: decision records name the client's pid and binary (looked up once per
+ * client connection through /proc), within a time budget for the /proc walks that says so in the
+ * record when it is spent. The clients are real child processes in the engine's own network
+ * namespace: `identify: 'all'` looks them up for every decision; the default ('sandboxes') does so
+ * for registered sandbox namespaces (netns.test.ts) and for deny/ask decisions of anyone else.
  */
 import t from 'tap'
 import fs from 'node:fs'
@@ -51,8 +53,8 @@ const lookups = async (e: Engine) => {
   return { found: v('found'), unknown: v('unknown'), skipped: v('skipped') }
 }
 
-t.test('an allowed request names the process that asked (the default)', async (t) => {
-  await withEngine('allow', {}, async (e, port, audit) => {
+t.test('an allowed request names the process that asked (identify: all)', async (t) => {
+  await withEngine('allow', { identify: 'all' }, async (e, port, audit) => {
     const c = await client(port, 3, true)
     t.same(c.statuses, [200, 200, 200])
     const recs = readAudit(audit).filter((r) => r.type === 'decision')
@@ -67,7 +69,7 @@ t.test('an allowed request names the process that asked (the default)', async (t
   })
 })
 
-t.test('a denied request names it too', async (t) => {
+t.test('a denied request names it, by default too', async (t) => {
   await withEngine('deny', {}, async (_e, port, audit) => {
     const script = `require('http').request({ host: '127.0.0.1', port: ${port}, path: 'http://not-listed.example.com/' }, (x) => { console.log(process.pid + ' ' + x.statusCode); x.resume() }).end()`
     const out = await new Promise<string>((resolve) => {
@@ -87,7 +89,7 @@ t.test('a denied request names it too', async (t) => {
 
 t.test('when the walk budget is spent the record says so, and the gate keeps serving', async (t) => {
   // a budget of almost nothing: the first walk spends it, later connections are skipped until it refills
-  await withEngine('budget', { identifyBudgetMs: 0.001 }, async (e, port, audit) => {
+  await withEngine('budget', { identify: 'all', identifyBudgetMs: 0.001 }, async (e, port, audit) => {
     const c = await client(port, 20, false)
     t.same(c.statuses, Array(20).fill(200), 'every request is served')
     const recs = readAudit(audit).filter((r) => r.type === 'decision')
@@ -102,13 +104,15 @@ t.test('when the walk budget is spent the record says so, and the gate keeps ser
   })
 })
 
-t.test('--identify flagged looks up deny decisions only; none never', async (t) => {
-  await withEngine('flagged', { identify: 'flagged' }, async (e, port, audit) => {
-    await client(port, 2, true)
-    const recs = readAudit(audit).filter((r) => r.type === 'decision')
-    t.ok(recs.length === 2 && recs.every((r) => r.pid === null), 'allowed requests carry no pid')
-    t.same(await lookups(e), { found: 0, unknown: 0, skipped: 0 })
-  })
+t.test('flagged (and the default, for a client outside any sandbox) looks up deny decisions only; none never', async (t) => {
+  for (const [name, identify] of [['flagged', 'flagged'], ['default', undefined]] as const) {
+    await withEngine(name, { identify }, async (e, port, audit) => {
+      await client(port, 2, true)
+      const recs = readAudit(audit).filter((r) => r.type === 'decision')
+      t.ok(recs.length === 2 && recs.every((r) => r.pid === null && !('peer_lookup' in r)), `${name}: allowed requests carry no pid`)
+      t.same(await lookups(e), { found: 0, unknown: 0, skipped: 0 })
+    })
+  }
   await withEngine('none', { identify: 'none' }, async (e, port, audit) => {
     await client(port, 2, true)
     t.ok(readAudit(audit).filter((r) => r.type === 'decision').every((r) => r.pid === null))
