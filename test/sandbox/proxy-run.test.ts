@@ -8,7 +8,7 @@
 import t from 'tap'
 import http from 'node:http'
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs'
+import { mkdtempSync, writeFileSync, readFileSync, existsSync, realpathSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -109,6 +109,9 @@ if (!isRoot || !ipOk) {
   const decisions = lines.filter((l) => l.type === 'decision')
   t.ok(decisions.some((d) => d.host === 'denied.example' && d.decision === 'deny'), 'the denial is in the audit trail')
   t.ok(decisions.some((d) => d.host === 'inference.local' && d.decision === 'allow'), 'the inference call is in the audit trail')
+  // the sandbox is a registered namespace: every decision names the binary that asked (--identify sandboxes)
+  const curl = realpathSync(execFileSync('bash', ['-c', 'command -v curl'], { encoding: 'utf8' }).trim())
+  for (const d of decisions) t.equal(d.binary, curl, `the ${d.decision} of ${d.host} names ${curl} (pid ${d.pid})`)
   const leftover = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
   t.notMatch(leftover, new RegExp(`cordon-run-`), 'cordon run removed its network namespace')
 }
