@@ -338,8 +338,15 @@ function openRelay(
     finish()
     if (hadError) client.destroy()
   })
-  client.on('close', () => {
-    if (!handedOver) up.destroy()
+  client.on('close', (hadError: boolean) => {
+    if (handedOver) return
+    // a client that sent its FIN and closed: what it sent may still be queued for a slow upstream
+    // (pipe() ended `up` on that FIN); let it drain, then close (the idle timeout bounds the wait)
+    if (!hadError && up.writableEnded && !up.writableFinished && !up.destroyed) {
+      up.once('finish', () => up.destroy())
+      return
+    }
+    up.destroy()
   })
   // Engine.stop() ends a tunnel Node relays (or one still connecting) through this event, so its
   // end record says why, as the splice relay's Tunnel.close(reason) does for the tunnels it holds

@@ -109,6 +109,44 @@ for (const relay of ['splice', 'node'] as const) {
       t.equal(sha(await upGot), sha(toUp), 'every byte of the late upload reached the upstream')
     })
 
+    t.test('the same with a slow upstream: the client closes while the tail of its upload is still queued for the upstream', async (t) => {
+      // the upstream answers and half-closes at once, then reads 256 KiB every 5 ms: when the client
+      // has sent everything and closed, the gate still holds the tail of the upload in its queue
+      const toUp = crypto.randomBytes((24 << 20) + 1000) // more than the kernel's socket buffers on both legs hold (~10 MiB here)
+      let upGot: Promise<Buffer> = Promise.resolve(Buffer.alloc(0))
+      script = (s) => {
+        s.end('short answer')
+        upGot = new Promise((resolve) => {
+          const parts: Buffer[] = []
+          s.pause()
+          const tick = setInterval(() => {
+            let c: Buffer | null
+            let n = 0
+            while (n < 262144 && (c = s.read() as Buffer | null) !== null) {
+              parts.push(c)
+              n += c.length
+            }
+          }, 5)
+          s.on('end', () => {
+            clearInterval(tick)
+            resolve(Buffer.concat(parts))
+          })
+          s.on('close', () => {
+            clearInterval(tick)
+            resolve(Buffer.concat(parts))
+          })
+        })
+      }
+      const { s, after } = await tunnel(gate.port)
+      const answer = await readAll(s, after)
+      t.equal(answer.toString(), 'short answer')
+      await new Promise<void>((r) => s.end(toUp, () => r()))
+      s.destroy() // the client is done: it has the answer, and its upload is out of its hands
+      const got = await upGot
+      t.equal(got.length, toUp.length, 'the upstream read the whole upload')
+      t.equal(sha(got), sha(toUp), 'byte for byte')
+    })
+
     t.test('bytes sent right behind the CONNECT request (before its answer) reach the upstream first', async (t) => {
       let got: Promise<Buffer> = Promise.resolve(Buffer.alloc(0))
       script = (s) => {
