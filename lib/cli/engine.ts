@@ -164,6 +164,9 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     }
     process.exit()
   }
+  // a signal that came while starting waits in libuv's signal pipe until the loop polls; the start
+  // can complete in promise callbacks alone, so pass through one poll before deciding
+  await new Promise((r) => setImmediate(r))
   if (signalled) return exit() // stopped while starting: no ready line
   const ready = {
     ready: true,
