@@ -8,6 +8,7 @@
  *   2. added latency per small HTTP request through the gate vs direct, keep-alive both ways
  *      (p50, p99; goal p50 < 0.3 ms), the targets interleaved in blocks of 100 requests
  *   3. the same with a new connection per request (each one a fresh, fdatasync'd decision)
+ *   4. (root) the same from a sandbox network namespace over its veth, with the client-process lookup
  * Beside direct, a bare Node forward proxy (bench/floor-proxy.mjs: node:http + pipe, no policy,
  * no audit) runs the same work: the least any Node proxy costs on this machine.
  * Run: npx tsx bench/engine.ts [--mb 100] [--n 3000]
@@ -123,6 +124,72 @@ async function latencies(n: number, vias: Via[], upstream: { host: string; port:
   return { lat, cpuMs }
 }
 
+
+/**
+ * 4. What a sandboxed agent sees: the client in a sandbox network namespace (lib/sandbox/netns.ts,
+ * the veth wiring of `cordon run` as root), through an engine on the gate address that looks up the
+ * client's pid and binary once per connection (--identify sandboxes, the default), against the same
+ * client process run on the host calling the upstream directly. Both are separate processes, batches
+ * alternated. Needs root and iproute2; says so and skips otherwise.
+ */
+async function sandboxSection(): Promise<void> {
+  const title = '4. from a sandbox network namespace (veth; the engine names the client process once per connection)'
+  if (process.getuid?.() !== 0) return void console.log(`\n${title}: skipped (needs root to create the namespace)`)
+  const { prepareNetns, ensureGateAddress, GATE_ADDRESS } = await import('../lib/sandbox/netns.js')
+  try {
+    ensureGateAddress()
+  } catch (err) {
+    return void console.log(`\n${title}: skipped (${(err as Error).message})`)
+  }
+  const registry = path.join(dir, 'registry')
+  const sock = path.join(dir, 'engine-ns.sock')
+  const en = await spawnEngine(['--policy', policy, '--listen', `${GATE_ADDRESS}:0`, '--control', sock, '--audit', path.join(dir, 'state', 'audit-ns.jsonl'), '--resolve', 'api.example.com=127.0.0.2', '--netns-registry', registry], {}, [], process.env.BENCH_SOURCE !== 'lib')
+  const ns = prepareNetns({ id: `bench${process.pid % 100000}`, gatePort: en.ready.gate.port, registryDir: registry })
+  // sequential requests (20 warm-up), keep-alive or a new connection each; prints the latencies (ms)
+  const client = `const http = require('http'); const [mode, n, target, proxy] = process.argv.slice(1);
+const agent = new http.Agent({ keepAlive: mode === 'ka', maxSockets: 1 }); const t = new URL(target); const p = proxy ? new URL(proxy) : null;
+const one = () => new Promise((res, rej) => { const t0 = performance.now();
+  const r = http.request({ host: p ? p.hostname : t.hostname, port: p ? p.port : t.port, path: p ? target : t.pathname, agent, headers: { host: 'api.example.com:' + t.port } },
+    (x) => { x.resume(); x.on('end', () => (x.statusCode === 200 ? res(performance.now() - t0) : rej(new Error('status ' + x.statusCode)))) });
+  r.on('error', rej); r.end() });
+(async () => { for (let i = 0; i < 20; i++) await one(); const out = []; for (let i = 0; i < Number(n); i++) out.push(await one()); console.log(JSON.stringify(out)) })().catch((e) => { console.error(e.message); process.exit(1) })`
+  const run = (cmd: string[], args: string[]) =>
+    new Promise<number[]>((resolve, reject) => {
+      const c = spawn(cmd[0]!, [...cmd.slice(1), process.execPath, '-e', client, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      let out = ''
+      let err = ''
+      c.stdout!.on('data', (d) => (out += d))
+      c.stderr!.on('data', (d) => (err += d))
+      c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`client exited ${code}: ${err}`))))
+    })
+  const lookups = () =>
+    new Promise<string>((resolve) => {
+      http.get({ socketPath: sock, path: '/metrics' }, (r) => {
+        let b = ''
+        r.on('data', (c) => (b += c))
+        r.on('end', () => resolve(b.split('\n').filter((l) => l.startsWith('cordon_engine_peer_lookups_total')).map((l) => l.replace(/^.*result="(\w+)"\} /, '$1 ')).join(', ') || 'none'))
+      })
+    })
+  try {
+    const direct = `http://127.0.0.2:${up.port}/small`
+    const viaGate = `http://api.example.com:${up.port}/small`
+    console.log(`\n${title}`)
+    for (const [label, mode, n] of [['keep-alive', 'ka', 300], ['new connection each', 'new', 100]] as const) {
+      const d: number[] = []
+      const g: number[] = []
+      for (let round = 0; round < 4; round++) {
+        d.push(...(await run(['env'], [mode, String(n), direct])))
+        g.push(...(await run(['ip', 'netns', 'exec', ns.name], [mode, String(n), viaGate, ns.proxyEnv.HTTP_PROXY!])))
+      }
+      console.log(`   ${label.padEnd(20)} host direct p50 ${pct(d, 50).toFixed(3)} ms p99 ${pct(d, 99).toFixed(3)} ms; sandbox through the gate p50 ${pct(g, 50).toFixed(3)} ms p99 ${pct(g, 99).toFixed(3)} ms; added p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms`)
+    }
+    console.log(`   client lookups: ${await lookups()} (the veth hop and the lookup are in these figures; sections 2-3 have neither)`)
+  } finally {
+    ns.cleanup()
+    await en.stop()
+  }
+}
+
 const up = await startUpstream('127.0.0.2')
 const dir = tmpdir('cordon-bench-engine-')
 const policy = path.join(dir, 'policy.yaml')
@@ -193,6 +260,7 @@ try {
     console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms${keepAlive ? '  (goal p50 < 0.3 ms)' : ''}; bare Node proxy adds p50 ${(pct(fl, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(fl, 99) - pct(d, 99)).toFixed(3)} ms`)
     console.log(`   CPU per request   engine ${cpuMs[1]!.toFixed(3)} ms (user+system, includes its audit writes); bare Node proxy ${cpuMs[2]!.toFixed(3)} ms`)
   }
+  await sandboxSection()
 } finally {
   floorProc.kill('SIGTERM')
   await e.stop()
