@@ -1,13 +1,18 @@
 /**
- * Which process opened a TCP connection to the gate: find the client socket in /proc/net/tcp{,6}
- * (of our own network namespace first, then of every other namespace visible through
- * /proc/PID/net), take its inode, and find the process holding `socket:[inode]` in /proc/PID/fd.
- * Nothing is cached: pids and inodes are reused, so a cache would name the wrong process.
- * Only the processes in the socket's network namespace are searched first, newest first: for a
- * client in a sandbox's namespace that is the sandbox's few processes (~0.1-0.3 ms); for a client in
- * the engine's own namespace it is every host process (synchronous: ~1k fds take ~3-20 ms; the async
- * API is 20x slower through the threadpool). The gate looks up each client connection once and
- * keeps a time budget for these walks (lib/engine/engine.ts identify()).
+ * Which process opened a TCP connection to the gate: find the client socket in /proc/PID/net/tcp{,6}
+ * of its network namespace (the engine's own first, or for a registered sandbox address last), take
+ * its inode, and find the process holding `socket:[inode]` in /proc/PID/fd, searching the processes
+ * of that namespace first, newest first.
+ * The only thing kept between lookups is which namespace each live pid was in (so a lookup reads the
+ * namespace links of new processes only); a stale entry (a reused pid) can only make a lookup miss,
+ * which is then repeated with every link read afresh. The answer itself is never cached: the owner is
+ * always a process whose descriptor is that socket at the time of the lookup.
+ * Measured on the 2-vCPU, 24 GiB test host: ~0.3 ms for a client in a sandbox namespace with a TCP
+ * hash of its own (lib/sandbox/netns.ts; the first lookup of an engine ~3-5 ms), ~2.5 ms when the
+ * namespace shares the host's hash (each table read walks its 262,144 buckets: ~1.4 ms); for a client
+ * in the engine's own namespace every host process is searched (~2-15 ms). Synchronous: the async
+ * API is 20x slower through the threadpool. The gate looks each client connection up once, within a
+ * time budget (lib/engine/engine.ts identify()).
  */
 import fs from 'node:fs'
 import { isIP } from 'node:net'
@@ -101,9 +106,10 @@ export function findPeerProcess(
   const ga = gateAddr.replace(/^::ffff:/, '')
   if (!isIP(ca) || !isIP(ga)) return null
   // the client's socket: local = the client's address, remote = the gate's. An IPv4 client's socket is
-  // in `tcp`, or in `tcp6` as ::ffff:a.b.c.d when it is a dual-stack socket; each table read walks
-  // the kernel's whole (host-wide) connection hash, ~1-2 ms on a host with many sockets, so `tcp6` is
-  // read only when `tcp` does not have it
+  // in `tcp`, or in `tcp6` as ::ffff:a.b.c.d when it is a dual-stack socket. A table read walks the
+  // namespace's connection hash: the host's (~1.4 ms on a 24 GiB host), which a namespace shares
+  // unless it has one of its own (lib/sandbox/netns.ts gives sandboxes one); so `tcp6` is read only
+  // when `tcp` does not have the socket
   const keys: Array<['tcp' | 'tcp6', string, string]> = []
   if (isIP(ca) === 4) {
     keys.push(['tcp', hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
@@ -116,21 +122,34 @@ export function findPeerProcess(
     }
     return null
   }
-  const ns = (p: string) => {
-    try {
-      return fs.readlinkSync(p)
-    } catch {
-      return ''
-    }
-  }
   const all = pids()
-  const self = ns('/proc/self/ns/net')
-  const nsOf = new Map<number, string>()
+  const live = new Set(all)
+  for (const pid of nsOfPid.keys()) if (!live.has(pid)) nsOfPid.delete(pid)
+  // first with the namespaces remembered from earlier lookups (only new processes' are read), then,
+  // if that misses (a pid reused by a process of another namespace), with every one read afresh; a
+  // stale entry can only cause a miss, never a wrong answer: the owner is the process whose
+  // descriptor really is that socket
+  return lookup(search, all, elsewhere, false) ?? lookup(search, all, elsewhere, true)
+}
+
+/** pid -> its network namespace ("net:[inode]"), as last read; pruned to live pids at each lookup */
+const nsOfPid = new Map<number, string>()
+
+function nsLink(p: string): string {
+  try {
+    return fs.readlinkSync(p)
+  } catch {
+    return ''
+  }
+}
+
+function lookup(search: (prefix: string) => number | null, all: number[], elsewhere: boolean, fresh: boolean): PeerProcess | null {
   const netnsOf = (pid: number) => {
-    let n = nsOf.get(pid)
-    if (n === undefined) nsOf.set(pid, (n = ns(`/proc/${pid}/ns/net`)))
+    let n = fresh ? undefined : nsOfPid.get(pid)
+    if (n === undefined) nsOfPid.set(pid, (n = nsLink(`/proc/${pid}/ns/net`)))
     return n
   }
+  const self = nsLink('/proc/self/ns/net')
   let where = self
   let inode = elsewhere ? null : search('/proc/self')
   if (!inode) {

@@ -9,7 +9,7 @@ import http from 'node:http'
 import path from 'node:path'
 import { execFileSync, execFile } from 'node:child_process'
 import { Engine } from '../../lib/engine/engine.js'
-import { prepareNetns, ensureGateAddress, GATE_ADDRESS } from '../../lib/sandbox/netns.js'
+import { prepareNetns, ensureGateAddress, GATE_ADDRESS, SANDBOX_TCP_HASH_BUCKETS } from '../../lib/sandbox/netns.js'
 import { startUpstream, tmpdir, readAudit } from './helpers.js'
 
 const root = process.getuid?.() === 0
@@ -44,6 +44,12 @@ if (!root || !ipOk) {
   await new Promise<void>((r) => hostSvc.listen(0, '0.0.0.0', () => r()))
   const hostPort = (hostSvc.address() as { port: number }).port
   const id = `t${process.pid}`
+  let childEhash: string | null = null
+  try {
+    childEhash = fs.readFileSync('/proc/sys/net/ipv4/tcp_child_ehash_entries', 'utf8').trim()
+  } catch {
+    /* older kernel */
+  }
   const ns = prepareNetns({ id, gatePort: gate.port, registryDir: registry })
   t.teardown(async () => {
     ns.cleanup()
@@ -79,6 +85,14 @@ s.on('error', (e) => console.log(JSON.stringify({ error: e.code })))`
     t.equal(ns.proxyEnv.no_proxy, 'localhost,127.0.0.1,::1')
     const routes = execFileSync('ip', ['-n', ns.name, 'route', 'show'], { encoding: 'utf8' })
     t.notMatch(routes, /default/, 'no default route')
+  })
+
+  t.test("the namespace has a TCP connection hash of its own, and the host's setting is put back", { skip: childEhash === null && 'no net.ipv4.tcp_child_ehash_entries (Linux < 6.1)' }, async (t) => {
+    // a negative tcp_ehash_entries means "shares the host's" (see the kernel's ip-sysctl docs)
+    const own = Number(execFileSync('ip', ['netns', 'exec', ns.name, 'sysctl', '-n', 'net.ipv4.tcp_ehash_entries'], { encoding: 'utf8' }).trim())
+    if (childEhash === '0') t.equal(own, SANDBOX_TCP_HASH_BUCKETS, `its own hash of ${SANDBOX_TCP_HASH_BUCKETS} buckets`)
+    else t.ok(own > 0, `its own hash (${own} buckets, the size the host chose)`)
+    t.equal(fs.readFileSync('/proc/sys/net/ipv4/tcp_child_ehash_entries', 'utf8').trim(), childEhash, 'tcp_child_ehash_entries is back to what it was')
   })
 
   t.test('a client using the proxy reaches an allowed host; the audit names the sandbox', async (t) => {
