@@ -263,6 +263,23 @@ interface TunnelStart {
  * is 64 KiB per read: 4x the read syscalls on a bulk download), copied out per write. Either way
  * half-closes pass through and an error tears both sides down; onDone runs once, with the counts.
  */
+/** how long a refused client may keep its side of the connection open before the engine closes it */
+const REFUSED_GRACE_MS = 2_000
+
+/**
+ * Answer and let go: end our side with the answer, read and drop whatever the client still sends
+ * (closing a socket with unread bytes would reset the connection, and a client that pipelined bytes
+ * behind its request could lose the answer before reading it), and close the socket whole after a
+ * short grace if the client keeps its side open: a refused client must not hold an engine descriptor.
+ */
+function refuseAndRelease(sock: net.Socket, answer: string | Buffer): void {
+  sock.end(answer)
+  sock.resume()
+  const t = setTimeout(() => sock.destroy(), REFUSED_GRACE_MS)
+  t.unref()
+  sock.once('close', () => clearTimeout(t))
+}
+
 function openRelay(
   address: string,
   port: number,
@@ -512,6 +529,12 @@ export class Engine {
     let stage: 'greet' | 'request' | 'busy' = 'greet'
     const hs = setTimeout(() => s.destroy(), this.opts.headersTimeoutMs ?? 15_000)
     const reply = (rep: number) => Buffer.from([5, rep, 0, 1, 0, 0, 0, 0, 0, 0])
+    const refuse = (answer: Buffer | string) => {
+      stage = 'busy' // nothing more is parsed
+      s.off('data', onData)
+      clearTimeout(hs)
+      refuseAndRelease(s, answer)
+    }
     const onData = (c: Buffer) => {
       buf = Buffer.concat([buf, c])
       if (buf.length > 600) return void s.destroy()
@@ -519,13 +542,13 @@ export class Engine {
         if (buf.length < 2) return
         if (buf[0] !== 5) {
           clearTimeout(hs)
-          return void s.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 57\r\n\r\ncordon egress gate: this port speaks SOCKS5 (socks5h://)\n')
+          return void refuse('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 57\r\n\r\ncordon egress gate: this port speaks SOCKS5 (socks5h://)\n')
         }
         const n = buf[1]!
         if (buf.length < 2 + n) return
         const methods = buf.subarray(2, 2 + n)
         buf = buf.subarray(2 + n)
-        if (!methods.includes(0)) return void s.end(Buffer.from([5, 0xff]))
+        if (!methods.includes(0)) return void refuse(Buffer.from([5, 0xff]))
         s.write(Buffer.from([5, 0]))
         stage = 'request'
       }
@@ -550,7 +573,7 @@ export class Engine {
           host = formatIP(a)
           off = 20
         } else {
-          return void s.end(reply(8))
+          return void refuse(reply(8))
         }
         const port = buf.readUInt16BE(off)
         const rest = buf.subarray(off + 2)
@@ -558,9 +581,9 @@ export class Engine {
         clearTimeout(hs)
         s.off('data', onData)
         s.pause()
-        if (buf[1] !== 1) return void s.end(reply(7)) // only CONNECT
-        if (port === 0) return void s.end(reply(1))
-        void this.socksConnect(s, conn, { host: normalizeHost(host), port, tunnel: true }, rest, reply)
+        if (buf[1] !== 1) return void refuse(reply(7)) // only CONNECT
+        if (port === 0) return void refuse(reply(1))
+        void this.socksConnect(s, conn, { host: normalizeHost(host), port, tunnel: true }, rest, reply, refuse)
       }
     }
     s.on('data', onData)
@@ -573,10 +596,10 @@ export class Engine {
     s.once('close', () => clearTimeout(hs))
   }
 
-  private async socksConnect(s: net.Socket, conn: ConnState, t: Target, rest: Buffer, reply: (rep: number) => Buffer): Promise<void> {
+  private async socksConnect(s: net.Socket, conn: ConnState, t: Target, rest: Buffer, reply: (rep: number) => Buffer, refuse: (answer: Buffer) => void): Promise<void> {
     const started = performance.now()
     const o = await this.decide(t, conn, 'socks')
-    if (o.action === 'deny') return void s.end(reply(o.status === 502 ? 4 : 2))
+    if (o.action === 'deny') return void refuse(reply(o.status === 502 ? 4 : 2))
     if (s.destroyed) return this.endRecord(o, started, 0, 0, 'client went away')
     openRelay(
       o.address!,
@@ -587,7 +610,7 @@ export class Engine {
       this.tunnels,
       () => ({ toClient: reply(0), toUpstream: rest }),
       (e, connected) => {
-        if (!connected) s.end(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
+        if (!connected) refuse(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
         else s.destroy()
       },
       (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
@@ -1138,7 +1161,8 @@ export class Engine {
 
   private rawDeny(sock: net.Socket, t: Target, o: Outcome): void {
     const body = this.denyText(t, o)
-    sock.end(
+    refuseAndRelease(
+      sock,
       `HTTP/1.1 ${o.status} ${http.STATUS_CODES[o.status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Cordon-Decision: deny\r\nX-Cordon-Decision-Id: ${o.id}\r\nConnection: close\r\n\r\n${body}`,
     )
   }
@@ -1312,7 +1336,7 @@ export class Engine {
       const hp = splitHostPort(req.url ?? '')
       if (!hp || hp.port === 0) {
         const body = `cordon egress gate: CONNECT needs host:port (e.g. CONNECT example.com:443), got "${(req.url ?? '').slice(0, 100)}".\n`
-        sock.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        refuseAndRelease(sock, `HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
         return
       }
       t = { host: normalizeHost(hp.host), port: hp.port, tunnel: true }
@@ -1323,7 +1347,7 @@ export class Engine {
         url = new URL(req.url!)
       } catch {
         const body = 'cordon egress gate: an Upgrade request through the proxy needs an absolute URI (GET http://host/path); for wss:// use CONNECT.\n'
-        sock.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        refuseAndRelease(sock, `HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
         return
       }
       t = { host: normalizeHost(url.hostname), port: url.port ? Number(url.port) : 80, method: req.method ?? 'GET', path: normalizePath(url.pathname), tunnel: false }
@@ -1359,7 +1383,7 @@ export class Engine {
       (e, connected) => {
         if (!connected) {
           const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
-          sock.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+          refuseAndRelease(sock, `HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
         } else sock.destroy()
       },
       (bin, bout, err) => this.endRecord(o, started, bin, bout, err),

@@ -6,7 +6,7 @@
  * engine, not left open until the handshake timer. The upstream is a raw TCP server on 127.0.0.2
  * that reads until EOF, then answers 1 MiB and closes.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -105,6 +105,53 @@ for (const relay of ['splice', 'node'] as const) {
         t.ok(ms >= 0 && ms < 2_000, `the engine ended its side (after ${ms} ms; the handshake timer is 15 s)`)
         await closed
         t.pass('and the connection is closed')
+      })
+    }
+
+    // a refused client that never closes its side must not hold a descriptor of the engine: after the
+    // refusal the engine reads and drops what the client still sends, and closes the connection whole
+    // after a grace of 2 s, so the client's writes are then reset (refusals do not involve the relay:
+    // checked once)
+    const refusedStaysOpen = async (t: Test, port: number, hello: Buffer, what: string) => {
+      const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+      let answer = Buffer.alloc(0)
+      let ended = 0
+      const t0 = Date.now()
+      const reset = new Promise<string>((resolve) => {
+        s.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+        setTimeout(() => resolve('no error after 8 s: the engine still holds the connection'), 8_000)
+      })
+      s.on('data', (c: Buffer) => (answer = Buffer.concat([answer, c])))
+      s.on('end', () => {
+        ended = Date.now() - t0
+        // the engine has answered and ended its side; this client keeps its own open and writes on
+        const tick = setInterval(() => (s.destroyed ? clearInterval(tick) : s.write('still here')), 200)
+      })
+      s.on('connect', () => s.write(hello))
+      const code = await reset
+      const ms = Date.now() - t0
+      t.ok(ended > 0, `${what}: the engine answered and ended its side (after ${ended} ms)`)
+      t.match(code, /^(ECONNRESET|EPIPE)$/, `${what}: then it closed the connection whole (${code} after ${ms} ms)`)
+      t.ok(ms < 6_000, 'within the grace, not never')
+      s.destroy()
+      return answer
+    }
+
+    if (relay === 'splice') {
+      t.test('a refused SOCKS5 client that keeps its side open is let go', async (t) => {
+        // CONNECT to 127.0.0.3:UP, which no rule allows
+        const a = await refusedStaysOpen(t, S, Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 3, UP >> 8, UP & 255]), 'SOCKS5 deny')
+        t.equal(a.subarray(2, 4).toString('hex'), '0502', 'the SOCKS5 reply says "not allowed by ruleset"')
+      })
+
+      t.test('a refused CONNECT client that keeps its side open, and sent bytes behind its request, reads the whole 403 and is let go', async (t) => {
+        // a TLS client often sends its first bytes right behind the CONNECT: unread, they would make a
+        // close reset the connection before the client read the answer
+        const a = await refusedStaysOpen(t, e.ready.gate.port, Buffer.from(`CONNECT 127.0.0.3:${UP} HTTP/1.1\r\nHost: 127.0.0.3:${UP}\r\n\r\n\x16\x03\x01 early bytes`), 'CONNECT deny')
+        const text = a.toString('latin1')
+        t.match(text, /^HTTP\/1\.1 403 /, 'the 403')
+        const len = Number(/content-length: (\d+)/i.exec(text)?.[1])
+        t.equal(Buffer.byteLength(text.slice(text.indexOf('\r\n\r\n') + 4), 'latin1'), len, 'its whole body, which says why')
       })
     }
 
