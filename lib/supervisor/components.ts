@@ -131,6 +131,11 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
       '--gateway', cfg.gateway.agentListen,
       '--audit', d.audit,
       '--state', d.state,
+      // a confined engine (its own Landlock domain) may not inspect processes outside it: the
+      // kernel refuses it the agent's /proc/PID/ns and /proc/PID/fd links, so a lookup of the client
+      // process could only fail, at a cost per connection. Records carry the sandbox id; an
+      // unconfined engine (engine.confine: false) names the process (--identify sandboxes)
+      ...(cfg.engine.confine ? ['--identify', 'none'] : []),
       ...cfg.engine.args,
     ]
     specs.push({ name: 'engine', argv: confine('engine', argv), env: { ...baseEnv(), ...cfg.engine.env }, control, listen: cfg.engine.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.engine.startTimeoutMs, healthIntervalMs: cfg.engine.healthIntervalMs, healthFailures: cfg.engine.healthFailures })
