@@ -255,14 +255,6 @@ interface TunnelStart {
   toUpstream: Buffer
 }
 
-/**
- * Connect to the checked address and relay bytes both ways once connected.
- * By default the connected pair goes to the splice relay (lib/kernel/relay.ts): the bytes move in
- * the kernel and never through this event loop. Where it cannot take them (relay: 'node', or the
- * relay refuses), Node relays: upstream reads land in one reusable 256 KiB buffer (Node's default
- * is 64 KiB per read: 4x the read syscalls on a bulk download), copied out per write. Either way
- * half-closes pass through and an error tears both sides down; onDone runs once, with the counts.
- */
 /** how long a refused client may keep its side of the connection open before the engine closes it */
 const REFUSED_GRACE_MS = 2_000
 
@@ -280,6 +272,14 @@ function refuseAndRelease(sock: net.Socket, answer: string | Buffer): void {
   sock.once('close', () => clearTimeout(t))
 }
 
+/**
+ * Connect to the checked address and relay bytes both ways once connected.
+ * By default the connected pair goes to the splice relay (lib/kernel/relay.ts): the bytes move in
+ * the kernel and never through this event loop. Where it cannot take them (relay: 'node', or the
+ * relay refuses), Node relays: upstream reads land in one reusable 256 KiB buffer (Node's default
+ * is 64 KiB per read: 4x the read syscalls on a bulk download), copied out per write. Either way
+ * half-closes pass through and an error tears both sides down; onDone runs once, with the counts.
+ */
 function openRelay(
   address: string,
   port: number,
@@ -412,7 +412,8 @@ export class Engine {
 
   constructor(opts: EngineOptions) {
     this.opts = opts
-    this.idBudgetMs = opts.identifyBudgetMs ?? 100
+    this.idBudgetCap = opts.identifyBudgetMs ?? 100
+    this.idBudgetMs = this.idBudgetCap
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
     this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
     this.upstreamTimeoutMs = Math.min(opts.tunnelIdleMs ?? 3_600_000, 3_600_000)
@@ -541,7 +542,6 @@ export class Engine {
       if (stage === 'greet') {
         if (buf.length < 2) return
         if (buf[0] !== 5) {
-          clearTimeout(hs)
           return void refuse('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 57\r\n\r\ncordon egress gate: this port speaks SOCKS5 (socks5h://)\n')
         }
         const n = buf[1]!
@@ -955,6 +955,7 @@ export class Engine {
   }
 
   /** time budget for /proc walks, ms: refills at 5% of the time that passes, holds at most 100 */
+  private readonly idBudgetCap: number
   private idBudgetMs: number
   private idRefill = performance.now()
   /**
@@ -969,7 +970,7 @@ export class Engine {
     if (conn.peer !== undefined) return conn.peer
     if (this.opts.identify === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
     const t0 = performance.now()
-    this.idBudgetMs = Math.min(this.opts.identifyBudgetMs ?? 100, this.idBudgetMs + (t0 - this.idRefill) * 0.05)
+    this.idBudgetMs = Math.min(this.idBudgetCap, this.idBudgetMs + (t0 - this.idRefill) * 0.05)
     this.idRefill = t0
     if (this.idBudgetMs <= 0) {
       this.mLookups.inc({ result: 'skipped' })
