@@ -15,8 +15,10 @@
 // given, and reports how each tunnel ended (lib/kernel/relay.ts; the engine audits the end).
 //
 //   relayStart(onEnd(id, aToB, bToA, error))  start the thread (once per JS environment)
-//   relayAdd(id, fdA, fdB, toA, toB, idleMs)  dup()s both fds (the caller closes its own); toA/toB:
-//                                             bytes to send to A/B before anything relayed
+//   relayAdd(id, fdA, fdB, toA, toB, idleMs[, sendBufferA])
+//                                             dup()s both fds (the caller closes its own); toA/toB:
+//                                             bytes to send to A/B before anything relayed;
+//                                             sendBufferA > 0: SO_SNDBUF for A (the caller's choice)
 //   relayClose(id, reason)                    end a tunnel now (reported with that reason)
 // Counts exclude toA/toB. error is "" for a clean end (both sides finished), else "idle timeout",
 // the reason given to relayClose, or the errno code of the failing syscall ("ECONNRESET").
@@ -43,6 +45,7 @@ namespace cordon {
 namespace {
 
 constexpr int kPipeBytes = 256 * 1024;  // per direction; F_SETPIPE_SZ, best effort
+constexpr uint64_t kMaxSendBuffer = 64ull << 20;  // relayAdd's sendBufferA
 constexpr uint64_t kWake = ~0ull;      // epoll tag of the eventfd
 
 int64_t NowMs() {
@@ -431,11 +434,14 @@ Napi::Value RelayAdd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Relay* relay = RelayOf(env);
   int a, b;
-  uint64_t id, idle;
+  uint64_t id, idle, sndA = 0;
   std::string toA, toB;
   if (!U64Arg(info, 0, &id) || id == 0 || id > 0xffffffffu || !IntArg(info, 1, &a) || !IntArg(info, 2, &b) ||
-      !BytesArg(info, 3, &toA) || !BytesArg(info, 4, &toB) || !U64Arg(info, 5, &idle))
-    return ThrowType(env, "relayAdd(id 1..2^32-1, fdA, fdB, toA: Uint8Array|null, toB: Uint8Array|null, idleMs)");
+      !BytesArg(info, 3, &toA) || !BytesArg(info, 4, &toB) || !U64Arg(info, 5, &idle) ||
+      (info.Length() > 6 && (!U64Arg(info, 6, &sndA) || sndA > kMaxSendBuffer)))
+    return ThrowType(env,
+                     "relayAdd(id 1..2^32-1, fdA, fdB, toA: Uint8Array|null, toB: Uint8Array|null, idleMs, "
+                     "sendBufferA?: 0..64 MiB)");
   if (relay == nullptr) return ThrowType(env, "relayAdd: call relayStart first");
   if (!IsStreamSocket(a) || !IsStreamSocket(b)) return ThrowErrno(env, ENOTSOCK, "relayAdd");
   Tunnel* t = new Tunnel();
@@ -451,6 +457,11 @@ Napi::Value RelayAdd(const Napi::CallbackInfo& info) {
     CloseAll(t);
     delete t;
     return ThrowErrno(env, err, step);
+  }
+  // SO_SNDBUF on A (fixes the size; 0 leaves the kernel's autotuning): best effort, as the pipe size
+  if (sndA > 0) {
+    int v = static_cast<int>(sndA);
+    setsockopt(t->a, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
   }
   t->ab.from = t->a;
   t->ab.to = t->b;

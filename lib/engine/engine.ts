@@ -18,7 +18,7 @@ import { Agent, type Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
 import * as kernelRelay from '../kernel/relay.js'
 import { AuditLog, type AuditRecord, type SyncMode } from './audit.js'
-import { parseIP, formatIP } from './ip.js'
+import { parseIP, formatIP, specialRange } from './ip.js'
 import {
   type CompiledNetwork,
   type Rule,
@@ -273,6 +273,29 @@ function refuseAndRelease(sock: net.Socket, answer: string | Buffer): void {
 }
 
 /**
+ * SO_SNDBUF (bytes asked; the kernel doubles it) the splice relay gives a tunnel's client socket
+ * when the client is on this host. Left to autotuning, that buffer grows toward tcp_wmem's maximum
+ * (4 MiB) whenever the upstream delivers faster than the client reads, and the client then reads
+ * data written megabytes earlier, long out of its CPU's cache. With 256 KiB in flight a 100 MB
+ * download through the gate cost the reading process 55 ms of CPU instead of 81 (direct: 74), and
+ * the tunnel ratio went from 0.77 to 0.98 (same-run A/B, bench:engine's topology). A client a few
+ * microseconds away needs no more: 256 KiB per 50 us round trip is 5 GB/s.
+ */
+export const LOCAL_CLIENT_SEND_BUFFER = 128 * 1024
+
+/**
+ * The client socket's send buffer for the splice relay: LOCAL_CLIENT_SEND_BUFFER for a TCP client
+ * on this host (a loopback address, or a registered sandbox namespace behind its veth); 0 (the
+ * kernel's autotuning) for anything else: a client on another machine can have a round trip long
+ * enough that a fixed buffer would cap its throughput at buffer / RTT.
+ */
+export function clientSendBuffer(clientAddr: string, registered: boolean): number {
+  if (registered) return LOCAL_CLIENT_SEND_BUFFER
+  const a = parseIP(clientAddr)
+  return a && specialRange(a)?.kind === 'loopback' ? LOCAL_CLIENT_SEND_BUFFER : 0
+}
+
+/**
  * Connect to the checked address and relay bytes both ways once connected.
  * By default the connected pair goes to the splice relay (lib/kernel/relay.ts): the bytes move in
  * the kernel and never through this event loop. Where it cannot take them (relay: 'node', or the
@@ -287,6 +310,7 @@ function openRelay(
   idleMs: number,
   mode: 'splice' | 'node',
   tunnels: Set<kernelRelay.Tunnel>,
+  clientSndBuf: number,
   onConnect: () => TunnelStart,
   onFail: (e: NodeJS.ErrnoException, connected: boolean) => void,
   onDone: (bytesIn: number, bytesOut: number, err?: string) => void,
@@ -325,10 +349,18 @@ function openRelay(
     const first = onConnect()
     if (mode === 'splice' && kernelRelay.canHandOver(client, up)) {
       try {
-        const tunnel = kernelRelay.handOver(client, up, first.toClient, first.toUpstream, idleMs, (end) => {
-          tunnels.delete(tunnel)
-          onDone(end.bytesIn, end.bytesOut, end.error || undefined)
-        })
+        const tunnel = kernelRelay.handOver(
+          client,
+          up,
+          first.toClient,
+          first.toUpstream,
+          idleMs,
+          (end) => {
+            tunnels.delete(tunnel)
+            onDone(end.bytesIn, end.bytesOut, end.error || undefined)
+          },
+          clientSndBuf,
+        )
         handedOver = true
         tunnels.add(tunnel)
         return
@@ -608,6 +640,7 @@ export class Engine {
       this.opts.tunnelIdleMs ?? 3_600_000,
       this.opts.relay ?? 'splice',
       this.tunnels,
+      clientSendBuffer(conn.clientAddr, conn.registered),
       () => ({ toClient: reply(0), toUpstream: rest }),
       (e, connected) => {
         if (!connected) refuse(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
@@ -1380,6 +1413,7 @@ export class Engine {
       tunnelIdle,
       this.opts.relay ?? 'splice',
       this.tunnels,
+      clientSendBuffer(conn.clientAddr, conn.registered),
       () => ({ toClient: via === 'connect' ? CONNECT_OK : EMPTY, toUpstream: head }),
       (e, connected) => {
         if (!connected) {

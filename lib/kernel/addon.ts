@@ -29,7 +29,8 @@ export interface CordonAddon {
   execve(path: string, argv: string[], envp: string[]): never
   /** the tunnel data plane (native/relay.cc); lib/kernel/relay.ts wraps it */
   relayStart(onEnd: (id: number, aToB: number, bToA: number, error: string) => void): void
-  relayAdd(id: number, fdA: number, fdB: number, toA: Uint8Array | null, toB: Uint8Array | null, idleMs: number): void
+  /** sendBufferA > 0: SO_SNDBUF for A; 0 or absent leaves the kernel's autotuning */
+  relayAdd(id: number, fdA: number, fdB: number, toA: Uint8Array | null, toB: Uint8Array | null, idleMs: number, sendBufferA?: number): void
   relayClose(id: number, reason: string): void
 }
 

@@ -72,10 +72,12 @@ export interface Tunnel {
 /**
  * Relay client <-> upstream in the kernel from now on. `toClient` is sent to the client first (the
  * CONNECT 200 line), `toUpstream` to the upstream first (bytes that followed the CONNECT request);
- * then whatever Node had buffered from the client, then the spliced streams. Throws (an errno
- * Error) without touching the sockets when the relay cannot take them.
+ * then whatever Node had buffered from the client, then the spliced streams. `clientSendBuffer` > 0
+ * fixes the client socket's SO_SNDBUF (bytes; the kernel doubles it for its bookkeeping) instead of
+ * leaving it to autotuning. Throws (an errno Error) without touching the sockets when the relay
+ * cannot take them.
  */
-export function handOver(client: net.Socket, upstream: net.Socket, toClient: Buffer, toUpstream: Buffer, idleMs: number, onEnd: (end: RelayEnd) => void): Tunnel {
+export function handOver(client: net.Socket, upstream: net.Socket, toClient: Buffer, toUpstream: Buffer, idleMs: number, onEnd: (end: RelayEnd) => void, clientSendBuffer = 0): Tunnel {
   start()
   const buffered: Buffer[] = [toUpstream]
   // synchronous from here to the destroy() calls: Node reads nothing more from these sockets
@@ -84,7 +86,7 @@ export function handOver(client: net.Socket, upstream: net.Socket, toClient: Buf
   const id = nextId
   nextId = nextId >= 0xffffffff ? 1 : nextId + 1
   try {
-    addon().relayAdd(id, fdOf(client), fdOf(upstream), toClient.length ? toClient : null, first.length ? first : null, Math.max(0, Math.round(idleMs)))
+    addon().relayAdd(id, fdOf(client), fdOf(upstream), toClient.length ? toClient : null, first.length ? first : null, Math.max(0, Math.round(idleMs)), Math.max(0, Math.round(clientSendBuffer)))
   } catch (e) {
     if (first.length > toUpstream.length) client.unshift(first.subarray(toUpstream.length)) // give the drained bytes back
     throw e

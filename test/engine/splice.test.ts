@@ -12,7 +12,7 @@ import net from 'node:net'
 import path from 'node:path'
 import crypto from 'node:crypto'
 import { spawnSync } from 'node:child_process'
-import { Engine } from '../../lib/engine/engine.js'
+import { Engine, clientSendBuffer, LOCAL_CLIENT_SEND_BUFFER } from '../../lib/engine/engine.js'
 import { tmpdir, waitFor, readAudit, ROOT } from './helpers.js'
 
 type Script = (s: net.Socket) => void
@@ -244,6 +244,33 @@ t.test('splice relay: the gauge counts held tunnels; stop() ends them and record
   t.equal((await got).toString(), 'hello', 'the client saw the bytes, then the end')
   const end = endRecords(audit).at(-1)
   t.equal(end?.error, 'engine stopping', 'the end record was written before the audit closed')
+})
+
+t.test('splice relay: the socket toward a client on this host has a fixed send buffer, not one autotuned to megabytes', async (t) => {
+  const { engine, gate } = await startEngine('splice')
+  t.teardown(() => engine.stop())
+  script = (s) => s.write(crypto.randomBytes(4 << 20)) // then keeps the connection open
+  const { s, after } = await tunnel(gate.port)
+  t.teardown(() => s.destroy())
+  let got = after.length
+  s.on('data', (c: Buffer) => (got += c.length)).resume()
+  await waitFor(() => got >= 4 << 20, 10_000, 'the 4 MiB')
+  // the engine's end of the client connection, as the kernel reports it: skmem tb is sk_sndbuf
+  const r = spawnSync('ss', ['-tmnH', 'state', 'established', `( sport = :${gate.port} and dport = :${s.localPort} )`], { encoding: 'utf8' })
+  t.equal(r.status, 0, `ss ran: ${r.stderr}`)
+  const tb = /tb(\d+)/.exec(r.stdout)
+  t.ok(tb, `ss shows the engine's socket toward the client: ${r.stdout.trim()}`)
+  t.equal(Number(tb?.[1]), 2 * LOCAL_CLIENT_SEND_BUFFER, 'SO_SNDBUF is the fixed size (the kernel doubles what was asked)')
+})
+
+t.test('which clients get the fixed send buffer: loopback and registered sandboxes; anything else keeps autotuning', async (t) => {
+  t.equal(clientSendBuffer('127.0.0.1', false), LOCAL_CLIENT_SEND_BUFFER, 'IPv4 loopback')
+  t.equal(clientSendBuffer('::ffff:127.0.0.5', false), LOCAL_CLIENT_SEND_BUFFER, 'IPv4 loopback, v4-mapped')
+  t.equal(clientSendBuffer('::1', false), LOCAL_CLIENT_SEND_BUFFER, 'IPv6 loopback')
+  t.equal(clientSendBuffer('10.200.3.2', true), LOCAL_CLIENT_SEND_BUFFER, 'a registered sandbox namespace (veth on this host)')
+  t.equal(clientSendBuffer('10.200.3.2', false), 0, 'an unregistered private address may be another machine')
+  t.equal(clientSendBuffer('203.0.113.9', false), 0, 'a public address')
+  t.equal(clientSendBuffer('unix', false), 0, 'a unix-socket client (no TCP buffer to size)')
 })
 
 t.test('a process that used the splice relay exits by itself once its tunnels are gone', async (t) => {

@@ -17,6 +17,8 @@ t.test('exports exactly the documented shims and the relay', async (t) => {
 t.test('the relay checks its arguments and refuses what is not a stream socket', async (t) => {
   t.throws(() => (a.relayAdd as (...x: unknown[]) => void)(0, 3, 4, null, null, 0), TypeError, 'id 0 is refused')
   t.throws(() => (a.relayAdd as (...x: unknown[]) => void)(1, 3, 4, 'text', null, 0), TypeError, 'toA must be bytes')
+  t.throws(() => (a.relayAdd as (...x: unknown[]) => void)(1, 3, 4, null, null, 0, -1), TypeError, 'a negative send buffer is refused')
+  t.throws(() => a.relayAdd(1, 3, 4, null, null, 0, 65 * 1024 * 1024), TypeError, 'a send buffer over 64 MiB is refused')
   t.throws(() => (a.relayClose as (...x: unknown[]) => void)(1), TypeError, 'a close needs a reason')
   // lib/kernel/relay.ts starts it once per process; a second start is a programming error
   a.relayStart(() => undefined)
