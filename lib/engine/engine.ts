@@ -246,6 +246,7 @@ export function parseHostPort(s: string, what: string): HostPort {
 
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n')
 const EMPTY = Buffer.alloc(0)
+const DONE = Promise.resolve()
 
 /** What a tunnel sends first once its upstream is connected. */
 interface TunnelStart {
@@ -296,7 +297,8 @@ export function clientSendBuffer(clientAddr: string, registered: boolean): numbe
 }
 
 /**
- * Connect to the checked address and relay bytes both ways once connected.
+ * Connect to the checked address and relay bytes both ways once connected and `durable` (the
+ * decision's fdatasync, Engine.decideEarly) has resolved: the handshake overlaps the fdatasync.
  * By default the connected pair goes to the splice relay (lib/kernel/relay.ts): the bytes move in
  * the kernel and never through this event loop. Where it cannot take them (relay: 'node', or the
  * relay refuses), Node relays: upstream reads land in one reusable 256 KiB buffer (Node's default
@@ -311,6 +313,7 @@ function openRelay(
   mode: 'splice' | 'node',
   tunnels: Set<kernelRelay.Tunnel>,
   clientSndBuf: number,
+  durable: Promise<void>,
   onConnect: () => TunnelStart,
   onFail: (e: NodeJS.ErrnoException, connected: boolean) => void,
   onDone: (bytesIn: number, bytesOut: number, err?: string) => void,
@@ -319,6 +322,7 @@ function openRelay(
   let done = false
   let connected = false
   let handedOver = false
+  let relaying = false
   const finish = (err?: string) => {
     if (done || handedOver) return
     done = true
@@ -346,6 +350,13 @@ function openRelay(
   up.pause() // nothing is read from the upstream before it is known who relays
   up.once('connect', () => {
     connected = true
+    if (durable === DONE) relay()
+    else void durable.then(relay)
+  })
+  // once connected and the decision is on stable storage: nothing moves before both
+  const relay = () => {
+    if (done || up.destroyed || client.destroyed) return // ended while the fdatasync ran (its close handlers report it)
+    relaying = true
     const first = onConnect()
     if (mode === 'splice' && kernelRelay.canHandOver(client, up)) {
       try {
@@ -372,7 +383,7 @@ function openRelay(
     if (first.toUpstream.length) up.write(first.toUpstream)
     client.pipe(up) // client -> upstream, ends upstream on the client's FIN
     up.resume()
-  })
+  }
   up.on('end', () => client.end())
   up.setTimeout(idleMs, () => {
     finish('idle timeout')
@@ -389,6 +400,7 @@ function openRelay(
   })
   client.on('close', (hadError: boolean) => {
     if (handedOver) return
+    if (!relaying) finish('client went away') // during the connect or the decision's fdatasync
     // a client that sent its FIN and closed: what it sent may still be queued for a slow upstream
     // (pipe() ended `up` on that FIN); let it drain, then close (the idle timeout bounds the wait)
     if (!hadError && up.writableEnded && !up.writableFinished && !up.destroyed) {
@@ -630,8 +642,11 @@ export class Engine {
 
   private async socksConnect(s: net.Socket, conn: ConnState, t: Target, rest: Buffer, reply: (rep: number) => Buffer, refuse: (answer: Buffer) => void): Promise<void> {
     const started = performance.now()
-    const o = await this.decide(t, conn, 'socks')
-    if (o.action === 'deny') return void refuse(reply(o.status === 502 ? 4 : 2))
+    const { out: o, durable } = await this.decideEarly(t, conn, 'socks')
+    if (o.action === 'deny') {
+      await durable
+      return void refuse(reply(o.status === 502 ? 4 : 2))
+    }
     if (s.destroyed) return this.endRecord(o, started, 0, 0, 'client went away')
     openRelay(
       o.address!,
@@ -641,6 +656,7 @@ export class Engine {
       this.opts.relay ?? 'splice',
       this.tunnels,
       clientSendBuffer(conn.clientAddr, conn.registered),
+      durable,
       () => ({ toClient: reply(0), toUpstream: rest }),
       (e, connected) => {
         if (!connected) refuse(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
@@ -1026,6 +1042,21 @@ export class Engine {
 
   /** Decide, audit (durably, before it takes effect), and return the outcome. */
   async decide(t: Target, conn: ConnState, via: string, requestId: string | null = null): Promise<Outcome> {
+    const { out, durable } = await this.decideEarly(t, conn, via, requestId)
+    await durable
+    return out
+  }
+
+  /**
+   * Decide and write the decision to the audit log; `durable` resolves once it is on stable
+   * storage. The record is written (it survives the engine being killed) before this returns; a
+   * tunnel starts connecting to an allowed destination while the fdatasync runs, and sends its 200
+   * and the client's first byte only after `durable` (openRelay). So the fdatasync costs a tunnel
+   * nothing where the upstream's handshake takes longer, which on the internet it always does. A
+   * machine crash in that window can lose the record of a connection that carried no byte (or of
+   * a failed connect, whose 502 does not wait).
+   */
+  async decideEarly(t: Target, conn: ConnState, via: string, requestId: string | null = null): Promise<{ out: Outcome; durable: Promise<void> }> {
     const id = newId('d')
     const gen = this.generation
     let out: Outcome
@@ -1120,9 +1151,15 @@ export class Engine {
       this.audit.append(rec)
       audited = true
     }
-    if (!audited) await this.audit.commit(rec)
-    if (out.action === 'allow' && out.address && !out.service) conn.cache.set(ck, { gen, address: out.address, key })
-    return out
+    const durable = audited ? DONE : this.audit.commit(rec)
+    // "already on stable storage" only once it is: a pipelined request that repeats this decision
+    // before then is committed itself
+    if (out.action === 'allow' && out.address && !out.service) {
+      const a = out.address
+      if (audited) conn.cache.set(ck, { gen, address: a, key })
+      else void durable.then(() => conn.cache.set(ck, { gen, address: a, key }))
+    }
+    return { out, durable }
   }
 
   // ---------------------------------------------------------------- gate: connections
@@ -1396,7 +1433,8 @@ export class Engine {
       head = Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n\r\n'), head])
     }
     // CONNECT: the CONNECT request's own headers (the tunnelled requests inside are opaque)
-    const o = await this.decide(t, conn, via, requestIdOf(req))
+    const { out: o, durable } = await this.decideEarly(t, conn, via, requestIdOf(req))
+    if (o.action === 'deny' || o.service) await durable
     if (o.action === 'deny') {
       this.rawDeny(sock, t, o)
       return
@@ -1414,6 +1452,7 @@ export class Engine {
       this.opts.relay ?? 'splice',
       this.tunnels,
       clientSendBuffer(conn.clientAddr, conn.registered),
+      durable,
       () => ({ toClient: via === 'connect' ? CONNECT_OK : EMPTY, toUpstream: head }),
       (e, connected) => {
         if (!connected) {
