@@ -350,8 +350,7 @@ function openRelay(
   up.pause() // nothing is read from the upstream before it is known who relays
   up.once('connect', () => {
     connected = true
-    if (durable === DONE) relay()
-    else void durable.then(relay)
+    void durable.then(relay)
   })
   // once connected and the decision is on stable storage: nothing moves before both
   const relay = () => {
@@ -1153,11 +1152,10 @@ export class Engine {
     }
     const durable = audited ? DONE : this.audit.commit(rec)
     // "already on stable storage" only once it is: a pipelined request that repeats this decision
-    // before then is committed itself
-    if (out.action === 'allow' && out.address && !out.service) {
-      const a = out.address
-      if (audited) conn.cache.set(ck, { gen, address: a, key })
-      else void durable.then(() => conn.cache.set(ck, { gen, address: a, key }))
+    // before then is committed itself (a repeat, `audited`, finds its entry there already)
+    if (!audited && out.action === 'allow' && out.address && !out.service) {
+      const entry = { gen, address: out.address, key }
+      void durable.then(() => conn.cache.set(ck, entry))
     }
     return { out, durable }
   }
