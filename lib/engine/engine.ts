@@ -1300,7 +1300,9 @@ export class Engine {
     // the upstream leg: undici's dispatch with a handler that writes straight into the client's
     // response (raw header names kept, backpressure by pausing the upstream read); cheaper per
     // request than http.request + pipe
-    const hasBody = !(req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined && req.complete)
+    // a request has a body when its headers say so (RFC 9112 section 6.3); req.complete cannot tell,
+    // node:http emits 'request' before it has parsed the end of a bodiless message
+    const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
     // the body is read by undici when the upstream connection is ready; counting through a
     // generator (not a 'data' listener, which would start the flow before undici reads)
     const counted = async function* (): AsyncGenerator<Buffer> {

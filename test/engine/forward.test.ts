@@ -101,6 +101,18 @@ t.test('chunked request bodies and Expect: 100-continue', async (t) => {
   t.notOk(seen.at(-1)!.rawHeaders.map((h) => h.toLowerCase()).includes('expect'), 'Expect is not forwarded')
 })
 
+t.test('a request without a body goes upstream without one; an empty body stays empty', async (t) => {
+  const g = await rawExchange(G, `GET http://api.example.com:${P}/nobody HTTP/1.1\r\nHost: api.example.com:${P}\r\nConnection: close\r\n\r\n`)
+  t.equal(g.body, 'got GET /nobody 0 bytes')
+  const gh = seen.at(-1)!.rawHeaders.map((h) => h.toLowerCase())
+  t.notOk(gh.includes('transfer-encoding') || gh.includes('content-length'), 'no framing headers invented for a GET')
+  const p = await rawExchange(G, `POST http://api.example.com:${P}/empty HTTP/1.1\r\nHost: api.example.com:${P}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`)
+  t.equal(p.body, 'got POST /empty 0 bytes')
+  const ph = seen.at(-1)!.rawHeaders
+  t.equal(ph[ph.findIndex((h) => h.toLowerCase() === 'content-length') + 1], '0', 'Content-Length: 0 passed on')
+  t.notOk(ph.map((h) => h.toLowerCase()).includes('transfer-encoding'), 'not turned into a chunked body')
+})
+
 t.test('header names keep their case; hop-by-hop and Connection-named headers are dropped both ways', async (t) => {
   const r = await rawExchange(G, `GET http://api.example.com:${P}/big?n=10 HTTP/1.1\r\nHost: api.example.com:${P}\r\nX-Client-Case: Yes\r\nConnection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nProxy-Authorization: Basic eDp5\r\n\r\n`)
   t.equal(r.status, 200)
