@@ -304,6 +304,8 @@ export function clientSendBuffer(clientAddr: string, registered: boolean): numbe
  * relay refuses), Node relays: upstream reads land in one reusable 256 KiB buffer (Node's default
  * is 64 KiB per read: 4x the read syscalls on a bulk download), copied out per write. Either way
  * half-closes pass through and an error tears both sides down; onDone runs once, with the counts.
+ * A connect that fails gets onFail(e, false) once `durable` has resolved (its answer to the client
+ * waits for the record, as a 200 does); a failure after connecting gets onFail(e, true) at once.
  */
 function openRelay(
   address: string,
@@ -390,12 +392,17 @@ function openRelay(
     client.destroy()
   })
   up.on('error', (e: NodeJS.ErrnoException) => {
-    onFail(e, connected)
     finish(`upstream error ${e.code ?? e.message}`)
+    if (connected) return onFail(e, true)
+    // the refusal (502, SOCKS5 failure) answers the client on the decision's behalf: like the 200,
+    // it waits until the decision is on stable storage (onFail releases the client)
+    void durable.then(() => {
+      if (!client.destroyed) onFail(e, false)
+    })
   })
   up.on('close', (hadError: boolean) => {
     finish()
-    if (hadError) client.destroy()
+    if (hadError && connected) client.destroy()
   })
   client.on('close', (hadError: boolean) => {
     if (handedOver) return
@@ -1052,8 +1059,8 @@ export class Engine {
    * tunnel starts connecting to an allowed destination while the fdatasync runs, and sends its 200
    * and the client's first byte only after `durable` (openRelay). So the fdatasync costs a tunnel
    * nothing where the upstream's handshake takes longer, which on the internet it always does. A
-   * machine crash in that window can lose the record of a connection that carried no byte (or of
-   * a failed connect, whose 502 does not wait).
+   * machine crash in that window can lose only the record of a connection that carried no byte
+   * and got no answer (a failed connect's 502 waits for `durable` as well).
    */
   async decideEarly(t: Target, conn: ConnState, via: string, requestId: string | null = null): Promise<{ out: Outcome; durable: Promise<void> }> {
     const id = newId('d')

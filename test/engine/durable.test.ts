@@ -22,10 +22,15 @@ const upstream = net.createServer((s) => {
 await new Promise<void>((r) => upstream.listen(0, '127.0.0.2', () => r()))
 const UP = (upstream.address() as net.AddressInfo).port
 t.teardown(() => upstream.close())
+// an allowed port where nothing listens: a connect there is refused
+const closed = net.createServer()
+await new Promise<void>((r) => closed.listen(0, '127.0.0.2', () => r()))
+const DEAD = (closed.address() as net.AddressInfo).port
+await new Promise<void>((r) => closed.close(() => r()))
 
 const dir = tmpdir('cordon-durable-')
 const policyFile = path.join(dir, 'policy.yaml')
-fs.writeFileSync(policyFile, `network:\n  mode: proxy\n  unlisted: deny\n  allow:\n    - { cidr: 127.0.0.2/32, ports: [${UP}] }\n  deny:\n    - { cidr: 127.0.0.3/32 }\n`)
+fs.writeFileSync(policyFile, `network:\n  mode: proxy\n  unlisted: deny\n  allow:\n    - { cidr: 127.0.0.2/32, ports: [${UP}, ${DEAD}] }\n  deny:\n    - { cidr: 127.0.0.3/32 }\n`)
 
 /** An engine whose decision commits resolve only when the test says so. */
 async function gatedEngine(relay: 'splice' | 'node') {
@@ -105,6 +110,34 @@ for (const relay of ['splice', 'node'] as const) {
       release()
       await waitFor(() => c.got().startsWith('HTTP/1.1 403'), 5_000, 'the 403')
       t.equal(accepted.length, 0, 'no connection to the denied destination')
+    })
+
+    t.test('a connect that fails gets its 502 (SOCKS5: refused) only once the decision is on stable storage', async (t) => {
+      const c = connect(gate.port, `CONNECT 127.0.0.2:${DEAD} HTTP/1.1\r\nHost: 127.0.0.2:${DEAD}\r\n\r\n`)
+      t.teardown(() => c.s.destroy())
+      await waitFor(() => held.length === 1, 5_000, 'the decision waiting for its fdatasync')
+      const id = readAudit(audit).filter((r) => r.type === 'decision').at(-1)!.id
+      await waitFor(() => readAudit(audit).some((r) => r.type === 'end' && r.decision_id === id && /ECONNREFUSED/.test(String(r.error))), 5_000, 'the refused connect in the end record')
+      t.pass('the connect was tried, and refused, while the fdatasync was outstanding')
+      await settle()
+      t.equal(c.got(), '', 'no answer to the client yet')
+      t.notOk(c.s.destroyed, 'and the client is not cut off either')
+      release()
+      await waitFor(() => c.got().startsWith('HTTP/1.1 502'), 5_000, 'the 502')
+      t.match(c.got(), /failed: ECONNREFUSED/, 'which says why')
+
+      let done = false
+      const p = socksTunnel(engine.socksAddress()!.port, '127.0.0.2', DEAD).then((r) => {
+        done = true
+        return r
+      })
+      await waitFor(() => held.length === 1, 5_000, 'the SOCKS5 decision waiting for its fdatasync')
+      await settle()
+      t.notOk(done, 'no SOCKS5 reply before the fdatasync')
+      release()
+      const { s, rep } = await p
+      s.destroy()
+      t.equal(rep, 5, 'then "connection refused"')
     })
 
     t.test('a client that leaves while the fdatasync runs: the upstream leg is closed, the end recorded', async (t) => {
