@@ -307,19 +307,27 @@ export function clientSendBuffer(clientAddr: string, registered: boolean): numbe
  * A connect that fails gets onFail(e, false) once `durable` has resolved (its answer to the client
  * waits for the record, as a 200 does); a failure after connecting gets onFail(e, true) at once.
  */
-function openRelay(
-  address: string,
-  port: number,
-  client: net.Socket,
-  idleMs: number,
-  mode: 'splice' | 'node',
-  tunnels: Set<kernelRelay.Tunnel>,
-  clientSndBuf: number,
-  durable: Promise<void>,
-  onConnect: () => TunnelStart,
-  onFail: (e: NodeJS.ErrnoException, connected: boolean) => void,
-  onDone: (bytesIn: number, bytesOut: number, err?: string) => void,
-): net.Socket {
+interface RelayOptions {
+  /** the checked destination */
+  address: string
+  port: number
+  client: net.Socket
+  idleMs: number
+  mode: 'splice' | 'node'
+  /** the splice relay's tunnels (Engine.tunnels): a handed-over pair is added, and removed at its end */
+  tunnels: Set<kernelRelay.Tunnel>
+  /** SO_SNDBUF toward the client for the splice relay (clientSendBuffer()); 0: autotuning */
+  clientSendBuffer: number
+  /** the decision's fdatasync (Engine.decideEarly) */
+  durable: Promise<void>
+  /** the first bytes each way once relaying starts (the 200 or SOCKS5 success, the early bytes) */
+  onConnect: () => TunnelStart
+  onFail: (e: NodeJS.ErrnoException, connected: boolean) => void
+  onDone: (bytesIn: number, bytesOut: number, err?: string) => void
+}
+
+function openRelay(o: RelayOptions): net.Socket {
+  const { address, port, client, idleMs, mode, tunnels, durable, onConnect, onFail, onDone } = o
   let bytesIn = 0
   let done = false
   let connected = false
@@ -371,7 +379,7 @@ function openRelay(
             tunnels.delete(tunnel)
             onDone(end.bytesIn, end.bytesOut, end.error || undefined)
           },
-          clientSndBuf,
+          o.clientSendBuffer,
         )
         handedOver = true
         tunnels.add(tunnel)
@@ -654,22 +662,22 @@ export class Engine {
       return void refuse(reply(o.status === 502 ? 4 : 2))
     }
     if (s.destroyed) return this.endRecord(o, started, 0, 0, 'client went away')
-    openRelay(
-      o.address!,
-      o.port,
-      s,
-      this.opts.tunnelIdleMs ?? 3_600_000,
-      this.opts.relay ?? 'splice',
-      this.tunnels,
-      clientSendBuffer(conn.clientAddr, conn.registered),
-      durable,
-      () => ({ toClient: reply(0), toUpstream: rest }),
-      (e, connected) => {
+    openRelay({
+      ...this.relayFor(conn, o, durable),
+      client: s,
+      idleMs: this.opts.tunnelIdleMs ?? 3_600_000,
+      onConnect: () => ({ toClient: reply(0), toUpstream: rest }),
+      onFail: (e, connected) => {
         if (!connected) refuse(reply(e.code === 'ECONNREFUSED' ? 5 : 4))
         else s.destroy()
       },
-      (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
-    )
+      onDone: (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
+    })
+  }
+
+  /** what every tunnel's relay takes from the engine and the decision (openRelay) */
+  private relayFor(conn: ConnState, o: Outcome, durable: Promise<void>): Pick<RelayOptions, 'address' | 'port' | 'mode' | 'tunnels' | 'clientSendBuffer' | 'durable'> {
+    return { address: o.address!, port: o.port, mode: this.opts.relay ?? 'splice', tunnels: this.tunnels, clientSendBuffer: clientSendBuffer(conn.clientAddr, conn.registered), durable }
   }
 
   private stopping: Promise<void> | null = null
@@ -1451,23 +1459,18 @@ export class Engine {
       return
     }
     if (via === 'connect' && o.service && t.port === 80) return this.serveInTunnel(sock, head, t, o, started)
-    openRelay(
-      o.address!,
-      o.port,
-      sock,
-      tunnelIdle,
-      this.opts.relay ?? 'splice',
-      this.tunnels,
-      clientSendBuffer(conn.clientAddr, conn.registered),
-      durable,
-      () => ({ toClient: via === 'connect' ? CONNECT_OK : EMPTY, toUpstream: head }),
-      (e, connected) => {
+    openRelay({
+      ...this.relayFor(conn, o, durable),
+      client: sock,
+      idleMs: tunnelIdle,
+      onConnect: () => ({ toClient: via === 'connect' ? CONNECT_OK : EMPTY, toUpstream: head }),
+      onFail: (e, connected) => {
         if (!connected) {
           const body = `cordon egress gate: ${t.host}:${t.port} (${o.address}:${o.port}) failed: ${e.code ?? e.message}.\n`
           refuseAndRelease(sock, `HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
         } else sock.destroy()
       },
-      (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
-    )
+      onDone: (bin, bout, err) => this.endRecord(o, started, bin, bout, err),
+    })
   }
 }
