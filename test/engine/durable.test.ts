@@ -6,7 +6,7 @@
  * waits for it too. The fdatasync is held back by the test (the engine's audit commit wrapped in a
  * gate it opens), so the order is observed, not timed. Real sockets on loopback.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -63,6 +63,22 @@ for (const relay of ['splice', 'node'] as const) {
   t.test(`${relay} relay`, async (t) => {
     const { engine, gate, audit, held, release } = await gatedEngine(relay)
     t.teardown(() => engine.stop())
+    /** A SOCKS5 CONNECT whose decision is held: no reply may come before release(); returns the reply code. */
+    const heldSocks = async (t: Test, port: number, whileHeld = async () => {}) => {
+      let done = false
+      const p = socksTunnel(engine.socksAddress()!.port, '127.0.0.2', port).then((r) => {
+        done = true
+        return r
+      })
+      await waitFor(() => held.length === 1, 5_000, 'the SOCKS5 decision waiting for its fdatasync')
+      await whileHeld()
+      await settle()
+      t.notOk(done, 'no SOCKS5 reply before the fdatasync')
+      release()
+      const { s, rep } = await p
+      s.destroy()
+      return rep
+    }
 
     t.test('CONNECT: the upstream handshake overlaps the fdatasync; the 200 and the first byte wait for it', async (t) => {
       accepted.length = 0
@@ -85,18 +101,7 @@ for (const relay of ['splice', 'node'] as const) {
 
     t.test('SOCKS5: the success reply waits for the fdatasync too', async (t) => {
       accepted.length = 0
-      let done = false
-      const p = socksTunnel(engine.socksAddress()!.port, '127.0.0.2', UP).then((r) => {
-        done = true
-        return r
-      })
-      await waitFor(() => held.length === 1, 5_000, 'the decision waiting for its fdatasync')
-      await waitFor(() => accepted.length === 1, 5_000, 'the upstream connection')
-      await settle()
-      t.notOk(done, 'no SOCKS5 reply before the fdatasync')
-      release()
-      const { s, rep } = await p
-      s.destroy()
+      const rep = await heldSocks(t, UP, () => waitFor(() => accepted.length === 1, 5_000, 'the upstream connection'))
       t.equal(rep, 0, 'then success')
     })
 
@@ -126,18 +131,7 @@ for (const relay of ['splice', 'node'] as const) {
       await waitFor(() => c.got().startsWith('HTTP/1.1 502'), 5_000, 'the 502')
       t.match(c.got(), /failed: ECONNREFUSED/, 'which says why')
 
-      let done = false
-      const p = socksTunnel(engine.socksAddress()!.port, '127.0.0.2', DEAD).then((r) => {
-        done = true
-        return r
-      })
-      await waitFor(() => held.length === 1, 5_000, 'the SOCKS5 decision waiting for its fdatasync')
-      await settle()
-      t.notOk(done, 'no SOCKS5 reply before the fdatasync')
-      release()
-      const { s, rep } = await p
-      s.destroy()
-      t.equal(rep, 5, 'then "connection refused"')
+      t.equal(await heldSocks(t, DEAD), 5, 'then SOCKS5 "connection refused"')
     })
 
     t.test('a client that leaves while the fdatasync runs: the upstream leg is closed, the end recorded', async (t) => {
