@@ -9,8 +9,9 @@
  *      (p50, p99; goal p50 < 0.3 ms), the targets interleaved in blocks of 100 requests
  *   3. the same with a new connection per request (each one a fresh, fdatasync'd decision)
  *   4. (root) the same from a sandbox network namespace over its veth, with the client-process lookup
- * Beside direct, a bare Node forward proxy (bench/floor-proxy.mjs: node:http + pipe, no policy,
- * no audit) runs the same work: the least any Node proxy costs on this machine.
+ * Beside direct, two bare Node forward proxies (bench/floor-proxy.mjs, no policy, no audit) run the
+ * same work: node:http on both legs, and node:http's server with undici upstream (the engine's
+ * libraries: the gap between it and the gate is the engine's own cost).
  * Run: npx tsx bench/engine.ts [--mb 100] [--n 3000]
  */
 import http from 'node:http'
@@ -200,8 +201,13 @@ fs.writeFileSync(policy, `network:\n  mode: proxy\n  allow:\n    - api.example.c
 const audit = path.join(dir, 'state', 'audit.jsonl')
 const e = await spawnEngine(['--policy', policy, '--listen', '127.0.0.1:0', '--control', path.join(dir, 'engine.sock'), '--audit', audit, '--resolve', `api.example.com=127.0.0.2`], {}, [], process.env.BENCH_SOURCE !== 'lib')
 const gate = e.ready.gate
-const floorProc = spawn(process.execPath, [path.join(import.meta.dirname, 'floor-proxy.mjs'), '127.0.0.2'], { stdio: ['ignore', 'pipe', 'inherit'] })
-const floor = { host: '127.0.0.1', port: await new Promise<number>((resolve) => floorProc.stdout!.once('data', (d) => resolve(JSON.parse(String(d)).port))) }
+const startFloor = async (...args: string[]) => {
+  const proc = spawn(process.execPath, [path.join(import.meta.dirname, 'floor-proxy.mjs'), '127.0.0.2', ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+  return { proc, via: { host: '127.0.0.1', port: await new Promise<number>((resolve) => proc.stdout!.once('data', (d) => resolve(JSON.parse(String(d)).port))) } }
+}
+const { proc: floorProc, via: floor } = await startFloor()
+// the same bare proxy with the engine's upstream client (undici): the engine's own cost is the gap
+const { proc: floorUProc, via: floorU } = await startFloor('undici')
 try {
   console.log(`cordon egress gate benchmark (engine pid ${e.ready.pid}, audit fdatasync on, ${new Date().toISOString()})`)
   // 1. throughput
@@ -248,21 +254,24 @@ try {
   // 2. small requests, keep-alive; 3. a new connection per request (every request a new decision,
   // fdatasync'd before it takes effect). Direct, gate and bare proxy requests interleaved.
   for (const [title, keepAlive, n] of [
-    [`2. small HTTP request, keep-alive, ${N} sequential requests each, interleaved direct / gate / bare proxy in blocks of 100`, true, N],
+    [`2. small HTTP request, keep-alive, ${N} sequential requests each, interleaved direct / gate / bare proxies in blocks of 100`, true, N],
     [`3. small HTTP request, new connection each, ${Math.min(N, 1000)} requests each, interleaved (each a durable audit record)`, false, Math.min(N, 1000)],
   ] as const) {
-    const { lat, cpuMs } = await latencies(n, [null, gate, floor], up, keepAlive, [null, e.ready.pid, floorProc.pid!])
-    const [d, g, fl] = lat as [number[], number[], number[]]
+    const { lat, cpuMs } = await latencies(n, [null, gate, floor, floorU], up, keepAlive, [null, e.ready.pid, floorProc.pid!, floorUProc.pid!])
+    const [d, g, fl, fu] = lat as [number[], number[], number[], number[]]
+    const added = (xs: number[], p: number) => (pct(xs, p) - pct(d, p)).toFixed(3)
     console.log(`\n${title}`)
     console.log(`   direct            p50 ${pct(d, 50).toFixed(3)} ms  p99 ${pct(d, 99).toFixed(3)} ms`)
     console.log(`   through the gate  p50 ${pct(g, 50).toFixed(3)} ms  p99 ${pct(g, 99).toFixed(3)} ms`)
-    console.log(`   bare Node proxy   p50 ${pct(fl, 50).toFixed(3)} ms  p99 ${pct(fl, 99).toFixed(3)} ms`)
-    console.log(`   added             p50 ${(pct(g, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(g, 99) - pct(d, 99)).toFixed(3)} ms${keepAlive ? '  (goal p50 < 0.3 ms)' : ''}; bare Node proxy adds p50 ${(pct(fl, 50) - pct(d, 50)).toFixed(3)} ms  p99 ${(pct(fl, 99) - pct(d, 99)).toFixed(3)} ms`)
-    console.log(`   CPU per request   engine ${cpuMs[1]!.toFixed(3)} ms (user+system, includes its audit writes); bare Node proxy ${cpuMs[2]!.toFixed(3)} ms`)
+    console.log(`   bare Node proxy   p50 ${pct(fl, 50).toFixed(3)} ms  p99 ${pct(fl, 99).toFixed(3)} ms  (node:http both legs)`)
+    console.log(`   bare undici proxy p50 ${pct(fu, 50).toFixed(3)} ms  p99 ${pct(fu, 99).toFixed(3)} ms  (node:http server, undici upstream: the engine's libraries)`)
+    console.log(`   added             p50 ${added(g, 50)} ms  p99 ${added(g, 99)} ms${keepAlive ? '  (goal p50 < 0.3 ms)' : ''}; bare Node proxy adds p50 ${added(fl, 50)} ms  p99 ${added(fl, 99)} ms; bare undici proxy p50 ${added(fu, 50)} ms  p99 ${added(fu, 99)} ms`)
+    console.log(`   CPU per request   engine ${cpuMs[1]!.toFixed(3)} ms (user+system, includes its audit writes); bare Node proxy ${cpuMs[2]!.toFixed(3)} ms; bare undici proxy ${cpuMs[3]!.toFixed(3)} ms`)
   }
   await sandboxSection()
 } finally {
   floorProc.kill('SIGTERM')
+  floorUProc.kill('SIGTERM')
   await e.stop()
   await up.close()
   fs.rmSync(dir, { recursive: true, force: true })
