@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "cordon",
-      "sources": ["native/cordon.cc", "native/relay.cc"],
+      "sources": ["native/cordon.cc", "native/relay.cc", "native/sockdiag.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-fno-exceptions", "-Wall", "-Wextra"],

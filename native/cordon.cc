@@ -1,5 +1,6 @@
 // cordon native addon: thin syscall shims for Landlock, seccomp, no_new_privs and execve
-// (the egress gate's splice relay, the one part that is not a shim, is in relay.cc).
+// (the egress gate's splice relay, the one part that is not a shim, is in relay.cc; its socket
+// lookup, a netlink request/reply, in sockdiag.cc).
 //
 // Why hand-written: no Node library exposes Landlock or seccomp. Each function here performs one
 // syscall (or one tightly bound pair, e.g. open + landlock_add_rule), checks its arguments, and
@@ -268,6 +269,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
   exports.Set("execve", Napi::Function::New(env, Execve, "execve"));
   cordon::RelayInit(env, exports);
+  cordon::SockDiagInit(env, exports);
   return exports;
 }
 

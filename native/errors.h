@@ -1,6 +1,7 @@
 // errno -> JS errors, shared by the addon's source files (cordon.cc: syscall shims; relay.cc: the
-// tunnel data plane). Errors are shaped like Node's system errors: .code ('EACCES'...), .errno
-// (negative, as libuv reports it), .syscall and, where there is one, .path.
+// tunnel data plane; sockdiag.cc: the socket lookup). Errors are shaped like Node's system errors:
+// .code ('EACCES'...), .errno (negative, as libuv reports it), .syscall and, where there is one,
+// .path.
 #pragma once
 #include <napi.h>
 
@@ -69,5 +70,8 @@ inline bool IntArg(const Napi::CallbackInfo& info, size_t i, int* out) {
 
 // Registers relay.cc's functions on the addon's exports.
 void RelayInit(Napi::Env env, Napi::Object exports);
+
+// Registers sockdiag.cc's function on the addon's exports.
+void SockDiagInit(Napi::Env env, Napi::Object exports);
 
 }  // namespace cordon

@@ -32,6 +32,12 @@ export interface CordonAddon {
   /** sendBufferA > 0: SO_SNDBUF for A; 0 or absent leaves the kernel's autotuning */
   relayAdd(id: number, fdA: number, fdB: number, toA: Uint8Array | null, toB: Uint8Array | null, idleMs: number, sendBufferA?: number): void
   relayClose(id: number, reason: string): void
+  /**
+   * the inode of the TCP socket src:srcPort -> dst:dstPort in the network namespace at netnsPath
+   * ('' = the caller's), by an exact NETLINK_SOCK_DIAG lookup (native/sockdiag.cc); 0 when there is
+   * no such socket, or the kernel has no inet_diag (it says ENOENT for both)
+   */
+  sockDiagInode(netnsPath: string, family: 4 | 6, src: Uint8Array, srcPort: number, dst: Uint8Array, dstPort: number): number
 }
 
 /** The package root (holds package.json, binding.gyp, build/, prebuilds/). */

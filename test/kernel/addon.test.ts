@@ -1,6 +1,8 @@
 /** The addon's shims: argument checks, errno mapping, probe facts. Nothing here confines the runner. */
 import t from 'tap'
-import { readFileSync, openSync, closeSync } from 'node:fs'
+import { readFileSync, openSync, closeSync, readlinkSync } from 'node:fs'
+import net from 'node:net'
+import { spawn, execFileSync } from 'node:child_process'
 import { addon, helperPath } from '../../lib/kernel/addon.js'
 import { probe, doctor } from '../../lib/kernel/probe.js'
 
@@ -10,8 +12,77 @@ t.test('exports exactly the documented shims and the relay', async (t) => {
   t.same(Object.keys(a).sort(), [
     'closeFd', 'execve', 'getNoNewPrivs', 'landlockAbi', 'landlockAddPathRule', 'landlockAddPortRule',
     'landlockCreateRuleset', 'landlockRestrictSelf', 'relayAdd', 'relayClose', 'relayStart', 'seccompGetMode',
-    'seccompSetFilter', 'setNoNewPrivs', 'setrlimit',
+    'seccompSetFilter', 'setNoNewPrivs', 'setrlimit', 'sockDiagInode',
   ])
+})
+
+const own = readlinkSync('/proc/thread-self/ns/net')
+let unshareOk = false
+try {
+  execFileSync('unshare', ['-n', 'true'], { stdio: 'ignore' })
+  unshareOk = true
+} catch {
+  /* no permission to create namespaces, or no unshare(1) */
+}
+
+t.test('sockDiagInode finds a TCP socket by its addresses, in this namespace or at a namespace path', async (t) => {
+  const srv = net.createServer()
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  const port = (srv.address() as net.AddressInfo).port
+  const accepted = new Promise<net.Socket>((r) => srv.once('connection', r))
+  const c = net.connect(port, '127.0.0.1')
+  await new Promise((r) => c.once('connect', r))
+  const s = await accepted
+  t.teardown(() => {
+    c.destroy()
+    s.destroy()
+    srv.close()
+  })
+  const lo = Uint8Array.of(127, 0, 0, 1)
+  // the inode each side's descriptor links to, as /proc shows it
+  const inodeOf = (sock: net.Socket) => {
+    const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd
+    return Number(/socket:\[(\d+)\]/.exec(readlinkSync(`/proc/self/fd/${fd}`))![1])
+  }
+  t.equal(a.sockDiagInode('', 4, lo, c.localPort!, lo, port), inodeOf(c), "the client's socket")
+  t.equal(a.sockDiagInode('', 4, lo, port, lo, c.localPort!), inodeOf(s), "the server's side of it")
+  t.equal(a.sockDiagInode('/proc/self/ns/net', 4, lo, c.localPort!, lo, port), inodeOf(c), 'through a namespace path (setns there and back)')
+  const mapped = Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1)
+  t.equal(a.sockDiagInode('', 6, mapped, c.localPort!, mapped, port), inodeOf(c), 'an IPv4 socket asked for as ::ffff:127.0.0.1')
+  t.equal(a.sockDiagInode('', 4, lo, c.localPort!, lo, port === 65535 ? 1 : port + 1), 0, 'no such socket: 0')
+
+  t.throws(() => (a.sockDiagInode as (...x: unknown[]) => number)('', 5, lo, 1, lo, 2), TypeError, 'family must be 4 or 6')
+  t.throws(() => a.sockDiagInode('', 4, new Uint8Array(16), 1, lo, 2), TypeError, 'a family 4 address is 4 bytes')
+  t.throws(() => a.sockDiagInode('', 6, lo, 1, lo, 2), TypeError, 'a family 6 address is 16 bytes')
+  t.throws(() => a.sockDiagInode('', 4, lo, 70000, lo, 2), TypeError, 'ports are 0..65535')
+  t.throws(() => a.sockDiagInode('a\0b', 4, lo, 1, lo, 2), TypeError, 'a NUL in the path')
+  const e = t.throws(() => a.sockDiagInode('/nonexistent/ns/net', 4, lo, 1, lo, 2)) as NodeJS.ErrnoException
+  t.equal(e.code, 'ENOENT', 'a namespace path that does not exist')
+  t.equal(e.syscall, 'open')
+  t.equal(e.path, '/nonexistent/ns/net')
+  const f = t.throws(() => a.sockDiagInode('/proc/self/status', 4, lo, 1, lo, 2)) as NodeJS.ErrnoException
+  t.equal(f.code, 'EINVAL', 'a file that is not a network namespace: setns refuses it')
+  t.equal(f.syscall, 'setns')
+  t.equal(readlinkSync('/proc/thread-self/ns/net'), own, 'and the thread stayed in its own namespace')
+})
+
+t.test('sockDiagInode in another network namespace asks there and comes back', { skip: !unshareOk && 'cannot create a network namespace here (unshare -n failed)' }, async (t) => {
+  // a process in a namespace of its own, with a listener and a connection on its loopback
+  const script = `const net = require('net'); const s = net.createServer().listen(0, '127.0.0.1', () => { const c = net.connect(s.address().port, '127.0.0.1', () => console.log(JSON.stringify({ port: s.address().port, client: c.localPort }))) })`
+  const child = spawn('unshare', ['-n', 'sh', '-c', `ip link set lo up 2>/dev/null || true; exec ${JSON.stringify(process.execPath)} -e ${JSON.stringify(script)}`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill())
+  const info = JSON.parse(await new Promise<string>((r) => child.stdout!.once('data', (d) => r(String(d))))) as { port: number; client: number }
+  const lo = Uint8Array.of(127, 0, 0, 1)
+  const ns = `/proc/${child.pid}/ns/net`
+  t.not(readlinkSync(ns), own, 'the child is in another namespace')
+  const ino = a.sockDiagInode(ns, 4, lo, info.client, lo, info.port)
+  t.ok(ino > 0, `its connection's socket is found there (inode ${ino})`)
+  t.equal(a.sockDiagInode('', 4, lo, info.client, lo, info.port), 0, 'and not in ours')
+  t.equal(readlinkSync('/proc/thread-self/ns/net'), own, 'the thread is back in its own namespace')
+  const mine = net.createServer()
+  await new Promise<void>((r) => mine.listen(0, '127.0.0.1', r))
+  t.teardown(() => mine.close())
+  t.ok(await new Promise((r) => net.connect((mine.address() as net.AddressInfo).port, '127.0.0.1', function (this: net.Socket) { this.destroy(); r(true) }).on('error', () => r(false))), 'and sockets it opens afterwards are in ours')
 })
 
 t.test('the relay checks its arguments and refuses what is not a stream socket', async (t) => {
