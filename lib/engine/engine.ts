@@ -68,8 +68,10 @@ export interface EngineOptions {
    * (sandboxes, the default); deny/ask only (flagged); nobody's (none)
    */
   identify?: Identify
-  /** the /proc walks' time budget, ms (refills at 5% of the time that passes; default 100) */
+  /** the client lookups' time budget, ms (default 100); it refills at identifyShare of the time that passes */
   identifyBudgetMs?: number
+  /** the share of the gate's time the client lookups may spend, 0..1 (default 0.05) */
+  identifyShare?: number
   watch?: boolean
   headersTimeoutMs?: number
   requestTimeoutMs?: number
@@ -471,6 +473,8 @@ export class Engine {
   constructor(opts: EngineOptions) {
     this.opts = opts
     this.idBudgetCap = opts.identifyBudgetMs ?? 100
+    this.idShare = opts.identifyShare ?? 0.05
+    if (!(this.idShare >= 0 && this.idShare <= 1)) throw new Error(`identifyShare must be between 0 and 1 (got ${opts.identifyShare})`)
     this.idBudgetMs = this.idBudgetCap
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
     this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
@@ -1017,23 +1021,24 @@ export class Engine {
     return { id: this.opts.sandboxId ?? a, registered: false }
   }
 
-  /** time budget for /proc walks, ms: refills at 5% of the time that passes, holds at most 100 */
+  /** time budget for client lookups, ms: refills at idShare (5%) of the time that passes, holds at most idBudgetCap (100) */
   private readonly idBudgetCap: number
+  private readonly idShare: number
   private idBudgetMs: number
   private idRefill = performance.now()
   /**
-   * The client's pid and binary, by a /proc walk (procinfo.ts), once per client connection: every
-   * decision on the connection names the process the first one found. A walk is synchronous, so walks
-   * spend from a time budget (5% of the gate's time): a flood of new connections from the engine's
-   * own namespace, where a walk is expensive, cannot stall the gate. While the budget is spent the
-   * answer is 'skipped' (the audit record says so) and the connection is looked up again at its next
-   * decision.
+   * The client's pid and binary, by a lookup through the kernel and /proc (procinfo.ts), once per
+   * client connection: every decision on the connection names the process the first one found. A
+   * lookup is synchronous, so lookups spend from a time budget (5% of the gate's time): a flood of
+   * new connections, each from a new process where a lookup walks /proc, cannot stall the gate.
+   * While the budget is spent the answer is 'skipped' (the audit record says so) and the connection
+   * is looked up again at its next decision.
    */
   private identify(conn: ConnState): PeerProcess | null | 'skipped' {
     if (conn.peer !== undefined) return conn.peer
     if (this.opts.identify === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
     const t0 = performance.now()
-    this.idBudgetMs = Math.min(this.idBudgetCap, this.idBudgetMs + (t0 - this.idRefill) * 0.05)
+    this.idBudgetMs = Math.min(this.idBudgetCap, this.idBudgetMs + (t0 - this.idRefill) * this.idShare)
     this.idRefill = t0
     if (this.idBudgetMs <= 0) {
       this.mLookups.inc({ result: 'skipped' })

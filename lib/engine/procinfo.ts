@@ -1,22 +1,27 @@
 /**
- * Which process opened a TCP connection to the gate: find the client socket in /proc/PID/net/tcp{,6}
- * of its network namespace (the engine's own first, or for a registered sandbox address last), take
- * its inode, and find the process holding `socket:[inode]` in /proc/PID/fd, searching the processes
- * of that namespace first, newest first.
- * The only thing kept between lookups is which namespace each live pid was in (so a lookup reads the
- * namespace links of new processes only); a stale entry (a reused pid) can only make a lookup miss,
- * which is then repeated with every link read afresh. The answer itself is never cached: the owner is
+ * Which process opened a TCP connection to the gate: find the client's socket in its network
+ * namespace (the engine's own first, or for a registered sandbox address last), take its inode, and
+ * find the process holding `socket:[inode]` in /proc/PID/fd, searching the processes of that
+ * namespace first, newest first.
+ * The socket is asked of the kernel by its addresses (an exact NETLINK_SOCK_DIAG lookup,
+ * lib/kernel/sockdiag.ts) where that works, else found in /proc/PID/net/tcp{,6}, whose read walks
+ * the namespace's whole connection hash (see kernelLookup()).
+ * Kept between lookups: which namespace each live pid was in (so a walk reads the namespace links
+ * of new processes only), and per client address where its last connection was found (Hint), so a
+ * program's next connection is looked for there first. Neither is ever the answer: a stale entry can
+ * only make a lookup miss, which then walks /proc with every link read afresh, and the owner is
  * always a process whose descriptor is that socket at the time of the lookup.
- * Measured on the 2-vCPU, 24 GiB test host: ~0.3 ms for a client in a sandbox namespace with a TCP
- * hash of its own (lib/sandbox/netns.ts; the first lookup of an engine ~3-5 ms), ~2.5 ms when the
- * namespace shares the host's hash (each table read walks its 262,144 buckets: ~1.4 ms); for a client
- * in the engine's own namespace every host process is searched (~2-15 ms). Synchronous: the async
- * API is 20x slower through the threadpool. The gate looks each client connection up once, within a
- * time budget (lib/engine/engine.ts identify()).
+ * Measured on the 2-vCPU, 24 GiB test host, in the gate's event loop, a client opening one
+ * connection after another: ~0.18 ms per lookup from a sandbox namespace (~0.39 ms reading its
+ * table instead; 0.7 ms before hints), ~0.2 ms from the engine's own namespace (~9 ms reading the
+ * host's table); an engine's first lookup 5-15 ms (it learns which process is in which namespace).
+ * Synchronous: the async fs API is 20x slower through the threadpool. The gate looks each client
+ * connection up once, within a time budget (lib/engine/engine.ts identify()).
  */
 import fs from 'node:fs'
 import { isIP } from 'node:net'
 import { parseIP } from './ip.js'
+import { tcpSocketInode } from '../kernel/sockdiag.js'
 
 export interface PeerProcess {
   pid: number
@@ -62,7 +67,30 @@ function pids(): number[] {
     .sort((a, b) => b - a)
 }
 
-function ownerOf(inode: number, candidates: number[]): PeerProcess | null {
+/** the process holding `socket:[inode]`, and at which descriptor */
+interface Owner extends PeerProcess {
+  fd: string
+}
+
+function found(pid: number, fd: string): Owner {
+  let binary: string | null = null
+  try {
+    binary = fs.readlinkSync(`/proc/${pid}/exe`)
+  } catch {
+    /* exited or not ours to read */
+  }
+  return { pid, binary, fd }
+}
+
+function holds(pid: number, fd: string, want: string): boolean {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === want
+  } catch {
+    return false // closed meanwhile, or the process is gone
+  }
+}
+
+function ownerOf(inode: number, candidates: number[]): Owner | null {
   const want = `socket:[${inode}]`
   for (const pid of candidates) {
     let fds: string[]
@@ -71,21 +99,8 @@ function ownerOf(inode: number, candidates: number[]): PeerProcess | null {
     } catch {
       continue
     }
-    for (const fd of fds) {
-      try {
-        if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === want) {
-          let binary: string | null = null
-          try {
-            binary = fs.readlinkSync(`/proc/${pid}/exe`)
-          } catch {
-            /* exited or not ours to read */
-          }
-          return { pid, binary }
-        }
-      } catch {
-        /* fd closed meanwhile */
-      }
-    }
+    // newest descriptors first: a client's connection to the gate is usually one of its latest
+    for (let i = fds.length - 1; i >= 0; i--) if (holds(pid, fds[i]!, want)) return found(pid, fds[i]!)
   }
   return null
 }
@@ -106,22 +121,61 @@ export function findPeerProcess(
   const ga = gateAddr.replace(/^::ffff:/, '')
   if (!isIP(ca) || !isIP(ga)) return null
   // the client's socket: local = the client's address, remote = the gate's. An IPv4 client's socket is
-  // in `tcp`, or in `tcp6` as ::ffff:a.b.c.d when it is a dual-stack socket. A table read walks the
-  // namespace's connection hash: the host's (~1.4 ms on a 24 GiB host), which a namespace shares
+  // in `tcp`, or in `tcp6` as ::ffff:a.b.c.d when it is a dual-stack socket (the kernel's family-4
+  // lookup finds both). A table read walks the namespace's connection hash: the host's (1.4-7 ms
+  // measured on the 24 GiB host, depending on the day's VM), which a namespace shares
   // unless it has one of its own (lib/sandbox/netns.ts gives sandboxes one); so `tcp6` is read only
   // when `tcp` does not have the socket
-  const keys: Array<['tcp' | 'tcp6', string, string]> = []
-  if (isIP(ca) === 4) {
-    keys.push(['tcp', hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
-    keys.push(['tcp6', hexAddr(`::ffff:${ca}`, clientPort, true), hexAddr(`::ffff:${ga}`, gatePort, true)])
-  } else keys.push(['tcp6', hexAddr(ca, clientPort, true), hexAddr(ga, gatePort, true)])
-  const search = (prefix: string) => {
-    for (const [name, l, r] of keys) {
-      const ino = findInode(table(prefix, name), l, r)
-      if (ino) return ino
-    }
-    return null
+  let keys: Array<['tcp' | 'tcp6', string, string]> | null = null
+  const tableKeys = () => {
+    if (keys) return keys
+    keys = []
+    if (isIP(ca) === 4) {
+      keys.push(['tcp', hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
+      keys.push(['tcp6', hexAddr(`::ffff:${ca}`, clientPort, true), hexAddr(`::ffff:${ga}`, gatePort, true)])
+    } else keys.push(['tcp6', hexAddr(ca, clientPort, true), hexAddr(ga, gatePort, true)])
+    return keys
   }
+  // the kernel's exact lookup (kernelLookup()) where it works, else the tables; each process's
+  // namespace is asked at most once per lookup (a hint that finds the socket but not its owner
+  // leaves the walk below its answer: the host's table costs milliseconds)
+  const fam = isIP(ca) as 4 | 6
+  const client = { addr: addrBytes(ca, fam), port: clientPort }
+  const gate = { addr: addrBytes(ga, fam), port: gatePort }
+  const diag = fam === isIP(ga) && kernelLookup(fam, gate, client)
+  const read = new Map<string, number | null>()
+  const search = (prefix: string) => {
+    let ino = read.get(prefix)
+    if (ino !== undefined) return ino
+    ino = null
+    let asked = false
+    if (diag) {
+      try {
+        ino = tcpSocketInode(prefix === '/proc/self' ? '' : `${prefix}/ns/net`, fam, client, gate) || null
+        stats.kernel++
+        asked = true
+      } catch {
+        /* that namespace cannot be entered from here: its tables instead */
+      }
+    }
+    if (!asked) {
+      stats.tables++
+      for (const [name, l, r] of tableKeys()) if ((ino = findInode(table(prefix, name), l, r))) break
+    }
+    read.set(prefix, ino)
+    return ino
+  }
+  // where this address's last connection was found: its namespace and its owner are tried first,
+  // each checked afresh (see Hint)
+  const hint = hints.get(ca)
+  if (hint) {
+    const hit = viaHint(hint, search)
+    if (hit) {
+      stats.hinted++
+      return remember(ca, hit.where, hit.owner)
+    }
+  }
+  stats.walked++
   const all = pids()
   const live = new Set(all)
   for (const pid of nsOfPid.keys()) if (!live.has(pid)) nsOfPid.delete(pid)
@@ -129,7 +183,83 @@ export function findPeerProcess(
   // if that misses (a pid reused by a process of another namespace), with every one read afresh; a
   // stale entry can only cause a miss, never a wrong answer: the owner is the process whose
   // descriptor really is that socket
-  return lookup(search, all, elsewhere, false) ?? lookup(search, all, elsewhere, true)
+  const r = lookup(search, all, elsewhere, false) ?? lookup(search, all, elsewhere, true)
+  return r ? remember(ca, r.where, r.owner) : null
+}
+
+/**
+ * Where a client address's last connection was found: the namespace ("net:[inode]"), a process in
+ * it through which that namespace is asked (the owner itself when it is in that namespace), and the
+ * owner and the descriptor that held the socket. A program that opens connection after connection
+ * from one sandbox then costs one socket lookup and one or two readlinks, not a walk of /proc. Every
+ * part is checked at use: the namespace is asked only if that process is still in it, and
+ * the answer is a process whose descriptor is the new connection's socket at the time of the
+ * lookup (a socket's inode is unique on the host), so a stale hint can only miss, and a miss falls
+ * back to the full walk. At most MAX_HINTS addresses are remembered (oldest dropped first).
+ */
+interface Hint {
+  ns: string
+  nsPid: number | 'self'
+  owner: number
+  fd: string
+}
+const hints = new Map<string, Hint>()
+const MAX_HINTS = 256
+
+/**
+ * How lookups were answered, for tests and benchmarks: by a hint or by a walk of /proc, and how
+ * many namespaces were asked for the socket through the kernel's lookup and how many by their tables.
+ */
+export const stats = { hinted: 0, walked: 0, kernel: 0, tables: 0 }
+
+function addrBytes(a: string, fam: 4 | 6): Uint8Array {
+  const b = parseIP(a)!
+  return fam === 4 ? b.subarray(12) : b
+}
+
+/**
+ * Whether to find sockets by the kernel's exact lookup (NETLINK_SOCK_DIAG, lib/kernel/sockdiag.ts:
+ * ~25 us in our own namespace, ~50 us in another, against ~0.15 ms for a sandbox's table and
+ * milliseconds for the host's). The kernel says "no such socket" also when it has no inet_diag, so
+ * the lookup is trusted only once it has found a socket this process holds: the gate's own side of
+ * the connection being looked up. Until then each lookup asks that first and reads the tables if
+ * the answer is no. An error in that first ask (no addon, an addon without the call) turns it off
+ * for the process, as setKernelLookup(false) does; an error asking another namespace (a seccomp
+ * filter refusing setns, a process gone) means that namespace's tables are read instead.
+ */
+let kernelState: 'untried' | 'works' | 'off' = 'untried'
+function kernelLookup(fam: 4 | 6, gate: { addr: Uint8Array; port: number }, client: { addr: Uint8Array; port: number }): boolean {
+  if (kernelState !== 'untried') return kernelState === 'works'
+  try {
+    if (tcpSocketInode('', fam, gate, client) > 0) kernelState = 'works'
+  } catch {
+    kernelState = 'off'
+  }
+  return kernelState === 'works'
+}
+
+/** tests and benchmarks: force the table reads (false), or go back to trying the kernel's lookup */
+export function setKernelLookup(on: boolean): void {
+  kernelState = on ? 'untried' : 'off'
+}
+
+function remember(addr: string, where: { ns: string; nsPid: number | 'self' }, owner: Owner): PeerProcess {
+  hints.delete(addr)
+  if (hints.size >= MAX_HINTS) hints.delete(hints.keys().next().value!)
+  // the owner's own namespace link is the one to use next time when the owner lives in that namespace
+  const nsPid = where.nsPid === 'self' || where.nsPid === owner.pid || nsLink(`/proc/${owner.pid}/ns/net`) !== where.ns ? where.nsPid : owner.pid
+  hints.set(addr, { ns: where.ns, nsPid, owner: owner.pid, fd: owner.fd })
+  return { pid: owner.pid, binary: owner.binary }
+}
+
+function viaHint(h: Hint, search: (prefix: string) => number | null): { where: { ns: string; nsPid: number | 'self' }; owner: Owner } | null {
+  const prefix = h.nsPid === 'self' ? '/proc/self' : `/proc/${h.nsPid}`
+  if (nsLink(`${prefix}/ns/net`) !== h.ns) return null // that process left the namespace, or is gone
+  const inode = search(prefix)
+  if (!inode) return null
+  const want = `socket:[${inode}]`
+  const owner = holds(h.owner, h.fd, want) ? found(h.owner, h.fd) : ownerOf(inode, [h.owner])
+  return owner ? { where: { ns: h.ns, nsPid: h.nsPid }, owner } : null
 }
 
 /** pid -> its network namespace ("net:[inode]"), as last read; pruned to live pids at each lookup */
@@ -143,14 +273,19 @@ function nsLink(p: string): string {
   }
 }
 
-function lookup(search: (prefix: string) => number | null, all: number[], elsewhere: boolean, fresh: boolean): PeerProcess | null {
+function lookup(
+  search: (prefix: string) => number | null,
+  all: number[],
+  elsewhere: boolean,
+  fresh: boolean,
+): { where: { ns: string; nsPid: number | 'self' }; owner: Owner } | null {
   const netnsOf = (pid: number) => {
     let n = fresh ? undefined : nsOfPid.get(pid)
     if (n === undefined) nsOfPid.set(pid, (n = nsLink(`/proc/${pid}/ns/net`)))
     return n
   }
   const self = nsLink('/proc/self/ns/net')
-  let where = self
+  let where: { ns: string; nsPid: number | 'self' } = { ns: self, nsPid: 'self' }
   let inode = elsewhere ? null : search('/proc/self')
   if (!inode) {
     // the client may live in another network namespace (a sandbox): read each namespace's table once
@@ -161,7 +296,7 @@ function lookup(search: (prefix: string) => number | null, all: number[], elsewh
       seen.add(n)
       inode = search(`/proc/${pid}`)
       if (inode) {
-        where = n
+        where = { ns: n, nsPid: pid }
         break
       }
     }
@@ -171,6 +306,7 @@ function lookup(search: (prefix: string) => number | null, all: number[], elsewh
   // almost always a process of the socket's network namespace holds it (one that changed namespace
   // after opening it, or was passed the descriptor, is looked for after): for a sandbox's socket
   // its few processes are searched first, not the host's
-  const inNs = all.filter((pid) => netnsOf(pid) === where)
-  return ownerOf(inode, inNs) ?? ownerOf(inode, all.filter((pid) => netnsOf(pid) !== where))
+  const inNs = all.filter((pid) => netnsOf(pid) === where.ns)
+  const owner = ownerOf(inode, inNs) ?? ownerOf(inode, all.filter((pid) => netnsOf(pid) !== where.ns))
+  return owner ? { where, owner } : null
 }

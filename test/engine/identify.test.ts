@@ -87,21 +87,32 @@ t.test('a denied request names it, by default too', async (t) => {
   })
 })
 
-t.test('when the walk budget is spent the record says so, and the gate keeps serving', async (t) => {
-  // a budget of almost nothing: the first walk spends it, later connections are skipped until it refills
-  await withEngine('budget', { identify: 'all', identifyBudgetMs: 0.001 }, async (e, port, audit) => {
+t.test('when the lookup budget is spent the record says so, and the gate keeps serving', async (t) => {
+  // a budget of almost nothing that never refills: the first lookup spends it, every later
+  // connection is skipped
+  await withEngine('budget', { identify: 'all', identifyBudgetMs: 0.001, identifyShare: 0 }, async (e, port, audit) => {
     const c = await client(port, 20, false)
     t.same(c.statuses, Array(20).fill(200), 'every request is served')
     const recs = readAudit(audit).filter((r) => r.type === 'decision')
     t.equal(recs.length, 20)
     t.equal(recs[0]!.pid, c.pid, 'the first connection is looked up')
+    t.notOk('peer_lookup' in recs[0]!)
     const skipped = recs.filter((r) => r.peer_lookup === 'skipped')
-    t.ok(skipped.length >= 10, `most later connections are skipped (${skipped.length} of 19)`)
+    t.equal(skipped.length, 19, 'every later connection is skipped')
     t.ok(skipped.every((r) => r.pid === null && r.binary === null), 'a skipped lookup names no process')
-    t.ok(recs.filter((r) => r.peer_lookup !== 'skipped').every((r) => r.pid === c.pid), 'the others name the client')
-    const l = await lookups(e)
-    t.equal(l.skipped, skipped.length, 'the skips are counted in the metrics')
+    t.same(await lookups(e), { found: 1, unknown: 0, skipped: 19 }, 'the lookup and the skips are counted in the metrics')
   })
+  // with a share of the time the budget refills, so later connections are looked up again
+  await withEngine('refill', { identify: 'all', identifyBudgetMs: 0.001, identifyShare: 0.5 }, async (e, port, audit) => {
+    const c = await client(port, 20, false)
+    t.same(c.statuses, Array(20).fill(200))
+    const recs = readAudit(audit).filter((r) => r.type === 'decision')
+    const named = recs.filter((r) => r.peer_lookup !== 'skipped')
+    t.ok(named.length >= 5, `with a 50% share the budget refills: ${named.length} of 20 connections looked up`)
+    t.ok(named.every((r) => r.pid === c.pid && r.binary === node), 'each looked-up one names the client')
+    t.equal((await lookups(e)).found, named.length)
+  })
+  t.throws(() => new Engine({ policyFile, listen: { host: '127.0.0.1', port: 0 }, audit: path.join(dir, 'x.jsonl'), identifyShare: 2 }), /identifyShare must be between 0 and 1 \(got 2\)/)
 })
 
 t.test('flagged (and the default, for a client outside any sandbox) looks up deny decisions only; none never', async (t) => {
