@@ -3,6 +3,12 @@
  * spend cap per calendar period (UTC hour/day/week/month) priced from the config's price table.
  * Counters persist to --state DIR/router-state.json (written at most once a second, atomically,
  * and on shutdown) so a supervisor restart does not reset anybody's budget.
+ *
+ * Tokens and spend are known only when a call's usage arrives. So that calls made at once cannot
+ * together run far past a cap, each admitted call holds an estimate of its cost (a Hold) against
+ * the sandbox's tpm and spend until its usage is recorded or it ends: a call is refused while what
+ * was used plus what the calls in flight hold reaches a limit. A call's own hold does not count
+ * against itself, so the one call that crosses a limit can still take the sandbox past it.
  */
 import { readFileSync, writeFileSync, renameSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -47,6 +53,16 @@ interface IdentityState {
   req: Window
   tok: Window
   spend: { period: string; start: number; usd: number } | null
+  /** what the calls in flight hold (not persisted: a restart ends them) */
+  inflight: { calls: number; tokens: number; usd: number }
+}
+
+/** What a call in flight is expected to cost; held against tpm and spend until it is released. */
+export interface Hold {
+  tokens: number
+  usd: number
+  /** set while the hold counts (admit), cleared by release() or record() */
+  held?: boolean
 }
 
 export interface Rejection {
@@ -98,7 +114,7 @@ export class Limiter {
   private state(id: string): IdentityState {
     let s = this.ids.get(id)
     if (!s) {
-      s = { req: new Window(), tok: new Window(), spend: null }
+      s = { req: new Window(), tok: new Window(), spend: null, inflight: { calls: 0, tokens: 0, usd: 0 } }
       this.ids.set(id, s)
     }
     return s
@@ -109,19 +125,32 @@ export class Limiter {
     s.tok.prune(now)
   }
 
-  /** Check the limits and, when allowed, count the request. */
-  admit(id: string, limits: Limits): Rejection | null {
+  /**
+   * Check the limits and, when allowed, count the request; with a hold (when the limits include tpm
+   * or spend), the call then holds that estimate until release() or record().
+   */
+  admit(id: string, limits: Limits, hold?: Hold): Rejection | null {
     if (!limits.rpm && !limits.tpm && !limits.spend) return null
     const now = this.now()
     const s = this.state(id)
     this.prune(s, now)
+    const fl = s.inflight
+    const inFlight = `${fl.calls} call${fl.calls === 1 ? '' : 's'} in flight`
     if (limits.spend) {
       const p = periodStart(limits.spend.period, now)
-      if (s.spend && s.spend.start === p.start && s.spend.period === limits.spend.period && s.spend.usd >= limits.spend.usd) {
+      const used = s.spend && s.spend.start === p.start && s.spend.period === limits.spend.period ? s.spend.usd : 0
+      if (used >= limits.spend.usd) {
         return {
           kind: 'budget',
           retryAfterS: (p.end - now) / 1000,
-          message: `spend cap reached for sandbox ${id}: $${s.spend.usd.toFixed(4)} of $${limits.spend.usd} this ${limits.spend.period} (resets ${new Date(p.end).toISOString()}); ask the operator to raise limits.spend in router.yaml`,
+          message: `spend cap reached for sandbox ${id}: $${used.toFixed(4)} of $${limits.spend.usd} this ${limits.spend.period} (resets ${new Date(p.end).toISOString()}); ask the operator to raise limits.spend in router.yaml`,
+        }
+      }
+      if (fl.calls > 0 && used + fl.usd >= limits.spend.usd) {
+        return {
+          kind: 'rate_limit',
+          retryAfterS: 1,
+          message: `spend cap for sandbox ${id}: $${used.toFixed(4)} spent and up to $${fl.usd.toFixed(4)} held by ${inFlight}, of $${limits.spend.usd} this ${limits.spend.period}; retry when they have finished`,
         }
       }
     }
@@ -139,13 +168,38 @@ export class Limiter {
         message: `token rate limit for sandbox ${id}: ${s.tok.sum} of ${limits.tpm} tokens used in the last minute; retry after the Retry-After seconds`,
       }
     }
+    if (limits.tpm && fl.calls > 0 && s.tok.sum + fl.tokens >= limits.tpm) {
+      return {
+        kind: 'rate_limit',
+        retryAfterS: 1,
+        message: `token rate limit for sandbox ${id}: ${s.tok.sum} tokens used in the last minute and up to ${fl.tokens} held by ${inFlight}, of ${limits.tpm}; retry when they have finished`,
+      }
+    }
     s.req.add(now, 1)
+    if (hold && (limits.tpm || limits.spend) && !hold.held) {
+      fl.calls++
+      fl.tokens += hold.tokens
+      fl.usd += hold.usd
+      hold.held = true
+    }
     this.dirty = true
     return null
   }
 
-  /** Count tokens and spend after a call (tokens are known only from the response). */
-  record(id: string, limits: Limits, tokens: number, usd: number): void {
+  /** A call has ended (or its usage is known): its hold no longer counts. Idempotent. */
+  release(id: string, hold: Hold | undefined): void {
+    if (!hold?.held) return
+    hold.held = false
+    const fl = this.state(id).inflight
+    fl.calls--
+    fl.tokens -= hold.tokens
+    fl.usd -= hold.usd
+    if (fl.calls <= 0) fl.calls = fl.tokens = fl.usd = 0 // no float residue once nothing is in flight
+  }
+
+  /** Count tokens and spend after a call (tokens are known only from the response); ends its hold. */
+  record(id: string, limits: Limits, tokens: number, usd: number, hold?: Hold): void {
+    this.release(id, hold)
     if (!limits.tpm && !limits.spend) return
     const now = this.now()
     const s = this.state(id)

@@ -18,11 +18,11 @@ import { Pool, errors as undiciErrors, type Dispatcher } from 'undici'
 import { Readable } from 'node:stream'
 import { createGunzip, createBrotliDecompress, createInflate } from 'node:zlib'
 import pino from 'pino'
-import { compileConfig, ConfigError, hashText, matchCidr, type ApiFamily, type CompiledConfig, type ListenerSpec, type Route, type Target } from './config.js'
+import { compileConfig, ConfigError, hashText, matchCidr, type ApiFamily, type CompiledConfig, type ListenerSpec, type Price, type Route, type Target } from './config.js'
 import { openKeyStore, keyHint, fingerprint, type KeyStore } from './keys.js'
 import { Redactor } from './redact.js'
 import { apiError, sseError, type ApiError, type ErrorKind } from './errors.js'
-import { Limiter, cost } from './limits.js'
+import { Limiter, cost, type Hold } from './limits.js'
 import { RouterMetrics } from './metrics.js'
 import { AuditLog, type AuditRecord } from './audit.js'
 import { SseEventFilter, SseUsageScanner, usageFromJsonBuffer, type Usage } from './usage.js'
@@ -64,6 +64,26 @@ const ENDPOINTS: Record<string, { family: ApiFamily | 'any'; needsModel: boolean
   '/responses': { family: 'openai', needsModel: true },
   '/messages': { family: 'anthropic', needsModel: true },
   '/messages/count_tokens': { family: 'anthropic', needsModel: true },
+}
+
+/** output tokens held for a call that names no maximum (see holdFor) */
+export const DEFAULT_HELD_OUTPUT_TOKENS = 4096
+
+/**
+ * What a call is expected to cost at most, held against its sandbox's tpm and spend while it runs
+ * (lib/router/limits.ts): its body's bytes / 4 as input tokens (generous for text in JSON), plus the
+ * output it asks for at most (max_tokens, max_completion_tokens or max_output_tokens; none for
+ * embeddings and token counts) or DEFAULT_HELD_OUTPUT_TOKENS when it names none; priced as the
+ * route's first target.
+ */
+export function holdFor(bodyBytes: number, body: Record<string, unknown>, path: string, price: Price | undefined): Hold {
+  const input = Math.ceil(bodyBytes / 4)
+  let output = 0
+  if (path !== '/embeddings' && path !== '/messages/count_tokens') {
+    const asked = [body.max_tokens, body.max_completion_tokens, body.max_output_tokens].find((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0) as number | undefined
+    output = asked !== undefined ? Math.ceil(asked) : DEFAULT_HELD_OUTPUT_TOKENS
+  }
+  return { tokens: input + output, usd: cost(price, input, output) }
 }
 
 /** Client headers forwarded upstream; everything else (credentials, cookies, identity, hop-by-hop) is dropped. */
@@ -467,14 +487,21 @@ export class PrivacyRouter {
         throw new ClientError('invalid_request', `model "${model}" (route ${route.name}) speaks the ${route.family} API; call ${route.family === 'anthropic' ? 'POST /v1/messages' : 'POST /v1/chat/completions or /v1/responses'} instead of /v1${path}`)
       }
       const limits = cfg.sandboxes.get(sandbox)?.limits ?? cfg.defaultLimits
-      const rej = this.limiter.admit(sandbox, limits)
+      // under a token or spend limit the call holds an estimate of its cost until it ends (limits.ts)
+      const hold = limits.tpm || limits.spend ? holdFor(raw.length, body, path, cfg.prices.get(route.targets[0]!.model)) : undefined
+      const rej = this.limiter.admit(sandbox, limits, hold)
       if (rej) {
         this.metrics.rejections.inc({ sandbox, kind: rej.kind })
         throw new ClientError(rej.kind, rej.message, rej.retryAfterS)
       }
       rec.stream = body.stream === true
       if (cfg.auditPrompts) rec.prompt = body.messages ?? body.input ?? body.prompt ?? null
-      await this.forward(req, res, cfg, route, path + query, body, rec, t0, sandbox, limits)
+      try {
+        await this.forward(req, res, cfg, route, path + query, body, rec, t0, sandbox, limits)
+      } finally {
+        // its usage, if any, is recorded by now (account()); failed, aborted or not, it holds nothing more
+        this.limiter.release(sandbox, hold)
+      }
     } catch (e) {
       if (e instanceof ClientError) {
         const err = apiError(family, e.kind, this.redactor.string(e.message), { retryAfterS: e.retryAfterS })

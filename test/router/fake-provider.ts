@@ -99,6 +99,11 @@ export class FakeProvider extends EventEmitter {
     return this
   }
 
+  /** Drop the queued behaviours no request has taken (e.g. those of calls the router refused). */
+  clearQueue(): void {
+    this.queue.length = 0
+  }
+
   get name(): string {
     return this.opts.name ?? 'fake'
   }
