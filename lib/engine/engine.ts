@@ -32,7 +32,7 @@ import {
   parseRule,
 } from './rules.js'
 import { type LoadedPolicy, PolicyLoadError, loadNetworkPolicy, persistAllowRule, sha256, atomicWrite } from './policy.js'
-import { findPeerProcess, type PeerProcess } from './procinfo.js'
+import { findPeerProcess, prepareLookups, type PeerProcess } from './procinfo.js'
 
 export interface HostPort {
   host: string
@@ -505,6 +505,7 @@ export class Engine {
     this.policy = loadNetworkPolicy(this.opts.policyFile, this.opts.presetDir)
     this.generation = 1
     this.loadState()
+    if (this.opts.identify !== 'none') prepareLookups()
     await this.audit.commit({
       time: now(),
       type: 'start',

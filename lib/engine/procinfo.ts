@@ -14,7 +14,8 @@
  * Measured on the 2-vCPU, 24 GiB test host, in the gate's event loop, a client opening one
  * connection after another: ~0.18 ms per lookup from a sandbox namespace (~0.39 ms reading its
  * table instead; 0.7 ms before hints), ~0.2 ms from the engine's own namespace (~9 ms reading the
- * host's table); an engine's first lookup 5-15 ms (it learns which process is in which namespace).
+ * host's table); an engine's first lookup ~4 ms (it learns which process is in which namespace;
+ * prepareLookups() loads the addon beforehand, or that adds ~10 ms).
  * Synchronous: the async fs API is 20x slower through the threadpool. The gate looks each client
  * connection up once, within a time budget (lib/engine/engine.ts identify()).
  */
@@ -236,6 +237,18 @@ function kernelLookup(fam: 4 | 6, gate: { addr: Uint8Array; port: number }, clie
     kernelState = 'off'
   }
   return kernelState === 'works'
+}
+
+/**
+ * Load what the kernel's lookup needs (the addon) now, not inside the first client's request (~10 ms
+ * on the test host). Failing here is not an error: lookups then read the tables.
+ */
+export function prepareLookups(): void {
+  try {
+    tcpSocketInode('', 4, { addr: new Uint8Array(4), port: 0 }, { addr: new Uint8Array(4), port: 0 })
+  } catch {
+    /* no addon, or no netlink here: the first lookup finds out again and reads the tables */
+  }
 }
 
 /** tests and benchmarks: force the table reads (false), or go back to trying the kernel's lookup */
