@@ -20,7 +20,8 @@
  * (`firewall: false`); Landlock's TCP connect rules (ABI >= 4) remain the second line.
  *
  * Sandbox identity: the engine names the sandbox of a connection by its source address, read
- * from REGISTRY/<address> (content: the sandbox id), written here and removed by cleanup().
+ * from REGISTRY/<address> (content: the sandbox id), written here and removed by cleanup(). The
+ * slot itself is claimed host-wide first (SLOT_DIR, claimSlot()).
  *
  * Non-root (no CAP_NET_ADMIN): this module does not apply; prepareNetns() throws a clear error.
  * The non-root path is lib/sandbox/userns.ts: `cordon run --gate-socket PATH` runs the sandbox in a
@@ -134,29 +135,52 @@ export function ensureGateAddress(addr = GATE_ADDRESS): void {
   if (!have.includes(` ${addr}/32 `)) ip('addr', 'add', `${addr}/32`, 'dev', 'lo')
 }
 
+/**
+ * Slots are host-wide: the veth names (cdn<n>h/s) and the /30 addresses are, whatever registry an
+ * engine reads. So a slot is claimed in SLOT_DIR (file <n>, content: the namespace name), and only
+ * then registered in the caller's registry. A claim is stale, and taken over, when its namespace is
+ * gone and it is older than SLOT_GRACE_MS (a sandbox claims its slot a moment before it creates its
+ * namespace).
+ */
+export const SLOT_DIR = '/run/cordon/slots'
+const SLOT_GRACE_MS = 30_000
+
 function claimSlot(registry: string, id: string): number {
+  fs.mkdirSync(SLOT_DIR, { recursive: true, mode: 0o755 })
   fs.mkdirSync(registry, { recursive: true, mode: 0o755 })
+  const name = `cordon-${id}`
+  let again = 0 // retries of one slot that was released or taken over meanwhile (bounded)
   for (let n = 1; n < 64; n++) {
-    const addr = `${NETNS_PREFIX}${4 * n + 2}`
-    const file = path.join(registry, addr)
+    const slot = path.join(SLOT_DIR, String(n))
     try {
-      fs.writeFileSync(file, id + '\n', { flag: 'wx', mode: 0o644 })
-      return n
+      fs.writeFileSync(slot, name + '\n', { flag: 'wx', mode: 0o644 })
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
-      // stale claim: its namespace is gone
-      const owner = fs.readFileSync(file, 'utf8').trim()
-      if (owner && !fs.existsSync(`/run/netns/cordon-${owner}`)) {
+      let owner: string
+      let age: number
+      try {
+        age = Date.now() - fs.statSync(slot).mtimeMs
+        owner = fs.readFileSync(slot, 'utf8').trim()
+      } catch {
+        if (again++ < 3) n-- // released meanwhile: try this slot again
+        continue
+      }
+      // stale: its sandbox crashed (an empty claim is one being written, unless it is old)
+      if (age > SLOT_GRACE_MS && (!owner || !fs.existsSync(`/run/netns/${owner}`))) {
         try {
-          fs.unlinkSync(file)
+          fs.unlinkSync(slot)
         } catch {
           /* raced */
         }
-        n--
+        if (again++ < 3) n--
       }
+      continue
     }
+    // ours: the address in this slot is registered for the engine (overwriting a stale entry)
+    fs.writeFileSync(path.join(registry, `${NETNS_PREFIX}${4 * n + 2}`), id + '\n', { mode: 0o644 })
+    return n
   }
-  throw new Error(`no free sandbox network slot in ${NETNS_PREFIX}0/24 (63 sandboxes at most); stale entries live in ${registry}`)
+  throw new Error(`no free sandbox network slot in ${NETNS_PREFIX}0/24 (63 sandboxes at most); claims live in ${SLOT_DIR} (one file per slot naming its namespace)`)
 }
 
 /**
@@ -177,7 +201,7 @@ export function prepareNetns(opts: PrepareNetnsOptions): PreparedNetns {
   const sandboxAddress = `${NETNS_PREFIX}${4 * n + 2}`
   const hv = `cdn${n}h`
   const sv = `cdn${n}s`
-  const undo: Array<() => void> = [() => fs.rmSync(path.join(registry, sandboxAddress), { force: true })]
+  const undo: Array<() => void> = [() => fs.rmSync(path.join(SLOT_DIR, String(n)), { force: true }), () => fs.rmSync(path.join(registry, sandboxAddress), { force: true })]
   const cleanup = () => {
     for (const f of undo.splice(0).reverse()) {
       try {

@@ -4,7 +4,7 @@ import net from 'node:net'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { requestJson } from '../../lib/engine/client.js'
 
@@ -304,4 +304,14 @@ export function socksTunnel(port: number, host: string, targetPort: number, opts
     s.once('close', () => reject(new Error(`SOCKS connection closed during the handshake (read ${buf.toString('hex')})`)))
     s.on('connect', () => s.write(Buffer.from([5, 1, 0])))
   })
+}
+
+/** whether iproute2's `ip` runs here (the network namespace tests need it, and root) */
+export function hasIproute2(): boolean {
+  try {
+    execFileSync('ip', ['-V'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
 }

@@ -9,17 +9,11 @@ import http from 'node:http'
 import path from 'node:path'
 import { execFileSync, execFile } from 'node:child_process'
 import { Engine } from '../../lib/engine/engine.js'
-import { prepareNetns, ensureGateAddress, GATE_ADDRESS, SANDBOX_TCP_HASH_BUCKETS } from '../../lib/sandbox/netns.js'
-import { startUpstream, tmpdir, readAudit } from './helpers.js'
+import { prepareNetns, ensureGateAddress, GATE_ADDRESS, SANDBOX_TCP_HASH_BUCKETS, SLOT_DIR } from '../../lib/sandbox/netns.js'
+import { startUpstream, tmpdir, readAudit, hasIproute2 } from './helpers.js'
 
 const root = process.getuid?.() === 0
-let ipOk = false
-try {
-  execFileSync('ip', ['-V'], { stdio: 'ignore' })
-  ipOk = true
-} catch {
-  /* no iproute2 */
-}
+const ipOk = hasIproute2()
 if (!root || !ipOk) {
   t.skip(`needs root and iproute2 to create network namespaces (root: ${root}, ip: ${ipOk})`)
 } else {
@@ -144,5 +138,23 @@ http.request({ host: u.hostname, port: u.port, path: 'http://api.example.com:${u
     t.notOk(fs.existsSync(other.netnsPath))
     t.notOk(fs.existsSync(path.join(registry, other.sandboxAddress)))
     t.notMatch(execFileSync('iptables', ['-S'], { encoding: 'utf8' }), new RegExp(`cordon-${id}b`))
+  })
+
+  t.test('slots are host-wide: a sandbox registered elsewhere gets another slot, and the first keeps its veth', async (t) => {
+    // another engine's registry (a second cordon on the host, or a test beside this one)
+    const elsewhere = path.join(dir, 'registry-elsewhere')
+    const other = prepareNetns({ id: `${id}c`, gatePort: gate.port, registryDir: elsewhere })
+    t.teardown(() => other.cleanup())
+    t.not(other.sandboxAddress, ns.sandboxAddress, 'another /30')
+    t.equal(fs.readFileSync(path.join(elsewhere, other.sandboxAddress), 'utf8').trim(), `${id}c`, 'registered in its own registry')
+    t.notOk(fs.existsSync(path.join(registry, other.sandboxAddress)), 'and not in this one')
+    const n = (Number(ns.sandboxAddress.split('.')[3]) - 2) / 4
+    t.equal(fs.readFileSync(path.join(SLOT_DIR, String(n)), 'utf8').trim(), ns.name, `slot ${n} is claimed for the first sandbox`)
+    const links = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })
+    t.match(links, new RegExp(`cdn${n}h@`), "the first sandbox's veth is still there")
+    const r = await inNs(viaEnvProxy, { ...ns.proxyEnv, TARGET: `http://api.example.com:${up.port}/still` })
+    t.same(JSON.parse(r.stdout), { status: 200, body: 'hello GET /still' }, 'and it still reaches the gate')
+    other.cleanup()
+    t.notOk(fs.existsSync(path.join(SLOT_DIR, String((Number(other.sandboxAddress.split('.')[3]) - 2) / 4))), 'cleanup releases the slot')
   })
 }

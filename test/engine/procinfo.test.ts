@@ -11,9 +11,9 @@ import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { findPeerProcess, stats, setKernelLookup } from '../../lib/engine/procinfo.js'
-import { tmpdir } from './helpers.js'
+import { tmpdir, hasIproute2 } from './helpers.js'
 import { addon, setAddonForTesting } from '../../lib/kernel/addon.js'
 
 const node = fs.realpathSync(process.execPath)
@@ -117,13 +117,7 @@ const who = (s: Conn, elsewhere = false) => findPeerProcess(s.remoteAddress, s.r
 const counts = () => ({ ...stats })
 
 const root = process.getuid?.() === 0
-let ipOk = false
-try {
-  execFileSync('ip', ['-V'], { stdio: 'ignore' })
-  ipOk = true
-} catch {
-  /* no iproute2 */
-}
+const ipOk = hasIproute2()
 /**
  * Each case runs twice: with the kernel's exact socket lookup (NETLINK_SOCK_DIAG, the default where
  * it works) and with the /proc/PID/net tables it falls back to. `used` checks which one answered.
