@@ -8,7 +8,8 @@
  *
  * Every decision is already made in TypeScript (lib/policy compiles, lib/sandbox/argv.ts
  * serializes); this program only parses options and makes syscalls, in this fixed order:
- *   mkdirs, rlimits, namespaces (user, net), private /tmp (mount ns), drop capabilities,
+ *   mkdirs, rlimits, namespaces (user, net), mount ns (private /tmp, a /proc that hides other
+ *   processes), drop capabilities,
  *   Landlock ruleset + rules, PR_SET_NO_NEW_PRIVS, landlock_restrict_self, seccomp, execvp.
  * Any failure prints `cordon: <step>: <what>: <strerror>` and exits 125: it never executes the
  * program less confined than asked. Exit 126/127: the program could not be executed / not found
@@ -20,6 +21,10 @@
  *   --netns new | --netns-path P new network namespace with lo up / join an existing one
  *   --private-tmp HOSTDIR        new mount namespace, / rprivate, HOSTDIR bind-mounted on /tmp
  *   --keep-path PATH             a path under the host's /tmp that stays visible at the same path
+ *   --hide-processes             new mount namespace (if not already), a new procfs mounted on /proc
+ *                                with hidepid=invisible: once the Landlock domain is in force, the
+ *                                kernel hides every process the program may not ptrace-read, i.e.
+ *                                every process outside its domain (root only: needs CAP_SYS_ADMIN)
  *   --die-with-parent            the program gets SIGKILL when the process that started cordon-exec
  *                                dies (PR_SET_PDEATHSIG, set after every credential change)
  *                                once /tmp is replaced (bind-mounted back; e.g. a workspace in /tmp)
@@ -53,6 +58,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+/* the procfs gid= group of --hide-processes: no account has it (lib/policy/compile.ts HIDE_GID) */
+#define HIDE_GID "2147483646"
 #define SYS_LANDLOCK_CREATE_RULESET 444
 #define SYS_LANDLOCK_ADD_RULE 445
 #define SYS_LANDLOCK_RESTRICT_SELF 446
@@ -190,7 +197,7 @@ static void drop_caps(void) {
 int main(int argc, char **argv) {
   int i, prog = -1;
   const char *netns_path = NULL, *private_tmp = NULL, *seccomp_hex = NULL;
-  int netns_new = 0, drop = 0, have_ll = 0, die_with_parent = 0;
+  int netns_new = 0, drop = 0, have_ll = 0, die_with_parent = 0, hide_procs = 0;
   pid_t parent = getppid();
   uint64_t ll_fs = 0, ll_net = 0, ll_scope = 0, ll_flags = 0;
 
@@ -222,6 +229,7 @@ int main(int argc, char **argv) {
       keeps[n_keeps++] = v;
     }
     else if (!strcmp(a, "--drop-caps")) drop = 1;
+    else if (!strcmp(a, "--hide-processes")) hide_procs = 1;
     else if (!strcmp(a, "--ll-fs")) { NEEDV(); ll_fs = num(v, a); have_ll = 1; }
     else if (!strcmp(a, "--ll-net")) { NEEDV(); ll_net = num(v, a); have_ll = 1; }
     else if (!strcmp(a, "--ll-scope")) { NEEDV(); ll_scope = num(v, a); have_ll = 1; }
@@ -301,10 +309,13 @@ int main(int argc, char **argv) {
     close(fd);
   }
 
-  /* 4. private /tmp */
+  /* 4. mount namespace: a private /tmp, a /proc that hides other processes */
+  if (private_tmp || hide_procs) {
+    const char *step = private_tmp ? "private-tmp" : "hide-processes";
+    if (unshare(CLONE_NEWNS) != 0) die(step, "unshare(CLONE_NEWNS)", errno);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die(step, "make / rprivate", errno);
+  }
   if (private_tmp) {
-    if (unshare(CLONE_NEWNS) != 0) die("private-tmp", "unshare(CLONE_NEWNS)", errno);
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("private-tmp", "make / rprivate", errno);
     /* Paths under the host's /tmp that must stay reachable: hold them open across the mount. */
     for (i = 0; i < n_keeps; i++) {
       keep_fds[i] = open(keeps[i], O_PATH | O_CLOEXEC | O_DIRECTORY);
@@ -319,6 +330,12 @@ int main(int argc, char **argv) {
       close(keep_fds[i]);
     }
   }
+
+  /* hidepid=invisible hides a process unless the reader may ptrace-read it (Landlock refuses that for
+     every process outside the reader's domain) or is in the mount's gid= group: the default, gid 0,
+     would exempt a root program, so it names a group no account is in */
+  if (hide_procs && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,gid=" HIDE_GID) != 0)
+    die("hide-processes", "mount a new procfs on /proc (hidepid=invisible)", errno);
 
   /* 5. capabilities */
   if (drop) drop_caps();

@@ -225,6 +225,13 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     }
   }
 
+  // other processes: a procfs of the sandbox's own with hidepid=invisible lists only what the
+  // sandbox may ptrace-read, which under Landlock is its own domain; mounting it needs root
+  const others = policy.process.others
+  const hideProcesses = others !== 'visible' && features.isRoot && landlock !== null
+  if (others === 'hidden' && !hideProcesses)
+    lost.push(`process.others: hidden: the host's processes stay listed in /proc (their cmdline and status readable), because hiding them ${landlock ? 'mounts a procfs of the sandbox\'s own, which needs root' : 'relies on Landlock'}`)
+
   if (!req.bestEffort && lost.length)
     throw perr(req.origins.bestEffort,
       `this kernel cannot enforce everything the policy asks (best_effort is false): ${lost.join('; ')}`,
@@ -273,6 +280,7 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     env: sortedEnv,
     rlimits: compileRlimits(policy.process.rlimits),
     dropCapabilities: policy.process.capabilities === 'none',
+    hideProcesses,
     probePath,
     lost,
   }

@@ -323,7 +323,7 @@ const EMPTY = {
   requirements: { best_effort: true, rights: [] },
   filesystem: { system: false, read_only: [], read_write: [], executable: [], home: 'none', tmp: 'none' },
   network: 'none',
-  process: { seccomp: 'none', env: { pass: [], set: {} }, rlimits: {}, capabilities: 'none' },
+  process: { seccomp: 'none', env: { pass: [], set: {} }, rlimits: {}, capabilities: 'none', others: 'visible' },
 }
 
 /**
@@ -533,6 +533,7 @@ function resolve(m: Record<string, unknown>, layers: Layer[], top: Layer, opts: 
       env: { pass: env.pass ?? [], set },
       rlimits: (proc.rlimits ?? {}) as Partial<Record<RlimitName, RlimitValue>>,
       capabilities: 'none',
+      others: (proc.others ?? 'visible') as 'hidden' | 'visible' | 'auto',
     },
   }
 }

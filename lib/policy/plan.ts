@@ -94,6 +94,11 @@ export interface Plan {
   /** Drop every capability (bounding, ambient, effective, permitted, inheritable) before exec. */
   dropCapabilities: boolean
   /**
+   * Mount a procfs of the sandbox's own on /proc (hidepid=invisible, in a new mount namespace): once
+   * the Landlock domain is in force it lists only the processes of that domain. Root only.
+   */
+  hideProcesses: boolean
+  /**
    * An existing path that no rule grants read access to; the second run of lock() opens it to
    * verify Landlock is in force (expects EACCES). null when the policy grants everything.
    */

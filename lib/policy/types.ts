@@ -81,5 +81,11 @@ export interface ResolvedPolicy {
     env: { pass: string[]; set: Record<string, string> }
     rlimits: Partial<Record<RlimitName, RlimitValue>>
     capabilities: 'none'
+    /**
+     * other processes in /proc: hidden (a procfs of the sandbox's own shows only the processes of
+     * its Landlock domain; needs root, else lost), visible, or auto (hidden where cordon can: as
+     * root, with Landlock; visible otherwise, without a lost entry)
+     */
+    others: 'hidden' | 'visible' | 'auto'
   }
 }

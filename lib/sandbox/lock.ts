@@ -60,6 +60,8 @@ export interface LockReport {
   noNewPrivs: true
   network: Plan['network']['mode']
   privateTmp: string | null
+  /** /proc lists only the sandbox's own processes (policy process.others) */
+  hideProcesses: boolean
   /** names of the environment variables the confined process received */
   env: string[]
   /** threads checked in /proc/self/task when lock() returned */
@@ -117,6 +119,7 @@ export function chooseLockMode(
   if (plan.seccomp && !features.seccompTsync) reasons.push('seccomp TSYNC is unavailable')
   if (plan.network.mode !== 'host') reasons.push(`network ${plan.network.mode} needs a namespace (per-thread)`)
   if (plan.privateTmp) reasons.push('a private /tmp needs a mount namespace (single-threaded)')
+  if (plan.hideProcesses) reasons.push('hiding other processes needs a mount namespace (single-threaded)')
   if (plan.dropCapabilities && holdsCapabilities) reasons.push('capabilities are per-thread')
   if (!envEqual(currentEnv, plan.env)) reasons.push('the environment must be scrubbed (the original stays in memory otherwise)')
   return { mode: reasons.length ? 'reexec' : 'tsync', reasons }
@@ -124,6 +127,14 @@ export function chooseLockMode(
 
 // ---------------------------------------------------------------------------------------------
 // Facts from /proc
+
+/** /proc is a procfs mounted with hidepid=invisible (the helper's --hide-processes) */
+function procHidesOthers(): boolean {
+  // mountinfo: id parent major:minor root mountpoint options ... - fstype source superoptions
+  const lines = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === '/proc')
+  const top = lines[lines.length - 1] // the last mount on /proc is the one in effect
+  return !!top && / - proc \S+ \S*\bhidepid=(invisible|2)\b/.test(top)
+}
 
 function statusField(status: string, field: string): string | null {
   const m = new RegExp(`^${field}:\\s*(\\S+)`, 'm').exec(status)
@@ -228,6 +239,7 @@ function report(plan: Plan, mode: 'reexec' | 'tsync', threads: number): LockRepo
     noNewPrivs: true,
     network: plan.network.mode,
     privateTmp: plan.privateTmp,
+    hideProcesses: plan.hideProcesses,
     env: Object.keys(plan.env).sort(),
     threadsVerified: threads,
     lost: [...plan.lost],
@@ -365,6 +377,8 @@ async function verifyReexec(plan: Plan, m: Marker): Promise<LockReport> {
     throw new LockError(`lock(): not in the network namespace ${plan.network.path} after re-exec`)
   if (plan.privateTmp && !sameFile('/tmp', plan.privateTmp))
     throw new LockError(`lock(): /tmp is not the private directory ${plan.privateTmp} after re-exec`)
+  if (plan.hideProcesses && !procHidesOthers())
+    throw new LockError('lock(): /proc is not the procfs of the sandbox\'s own (hidepid=invisible) after re-exec')
   // threads may have been started meanwhile (the threadpool probe); check again
   return report(plan, 'reexec', Math.max(threads, verifyThreads(plan.seccomp !== null)))
 }

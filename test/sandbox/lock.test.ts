@@ -102,6 +102,9 @@ t.test('default agent policy (+ the repo read-only, executable): lock() confines
   t.equal(o.writeOutside, 'EACCES')
   t.equal(o.writeInside, 'ok')
   t.equal(o.key, null, 'OPENAI_API_KEY scrubbed')
+  const root = process.getuid?.() === 0
+  t.equal(o.report?.hideProcesses, root, `other processes ${root ? 'hidden (root)' : 'visible (not root: process.others auto)'}`)
+  t.equal(o.parentCmdline, root ? 'ENOENT' : 'ok', "the launcher's /proc/<pid>/cmdline")
 })
 
 t.test('lock() refuses, before re-exec, a policy under which the launcher could not run', { skip }, async (t) => {
