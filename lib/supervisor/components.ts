@@ -13,13 +13,13 @@
  * through `cordon run`, so a bug in one cannot read another's secrets.
  */
 import { createHash } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
 import { controlSocket } from './runtime.js'
 import { sandboxId } from './sandbox-net.js'
-import { writeServicePolicy } from './service-policy.js'
+import { servicePolicyPaths, writeServicePolicy } from './service-policy.js'
 import { loadPolicy, compilePlan } from '../policy/index.js'
 import { planHash } from '../policy/compile.js'
 import { probe } from '../kernel/probe.js'
@@ -39,6 +39,13 @@ export interface ComponentSpec {
   prepare?: () => { argv: string[]; env: Record<string, string>; lost: string[] }
   env: Record<string, string>
   cwd?: string
+  /**
+   * Files a confined component's Landlock rules name one by one (its config, secrets, key store,
+   * the engine's policy). A rule covers the file that was there at start: one replaced by rename
+   * (`cordon keys set`, most editors) is out of the component's reach, so the supervisor restarts
+   * the component when one of these changes identity (supervisor.ts checkPinned()).
+   */
+  pinned?: string[]
   /** control socket polled for GET /health (the agent has none: running == healthy) */
   control?: string
   listen?: string
@@ -106,11 +113,16 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   const specs: ComponentSpec[] = []
   const keys = cfg.router.keys ?? (process.getuid?.() === 0 ? '/etc/cordon/keys.json' : undefined)
   const prepares = new Map<string, ComponentSpec['prepare']>()
+  const pins = new Map<string, string[]>()
   const confine = (name: 'engine' | 'router' | 'gateway', argv: string[], config?: string): string[] => {
     const s = cfg[name]
     if (!s.confine) return argv
     const d = componentDirs(cfg, name)
-    const policy = writeServicePolicy(cfg, name, { stateDir: d.dir, socketDir: dirname(controlSocket(rt, name)), config, keys: name === 'router' ? keys : undefined })
+    const paths = { stateDir: d.dir, socketDir: dirname(controlSocket(rt, name)), config, keys: name === 'router' ? keys : undefined }
+    const policy = writeServicePolicy(cfg, name, paths)
+    // the rules on single files (not directories, existing or not yet): see ComponentSpec.pinned
+    const { readOnly, readWrite } = servicePolicyPaths(cfg, name, paths)
+    pins.set(name, [...new Set([...readOnly, ...readWrite])].filter((f) => f !== PKG_ROOT && f !== paths.stateDir && f !== paths.socketDir && !isDir(f)))
     const env = { ...baseEnv(), ...s.env }
     prepares.set(name, () => {
       const plan = compilePlan(loadPolicy(policy, { workspace: d.dir, cwd: d.dir }), probe(), { env })
@@ -200,8 +212,18 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   for (const s of specs) {
     const p = prepares.get(s.name)
     if (p) s.prepare = p
+    const f = pins.get(s.name)
+    if (f?.length) s.pinned = f
   }
   return specs
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory()
+  } catch {
+    return false
+  }
 }
 
 export function specHash(s: ComponentSpec): string {

@@ -18,7 +18,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { EventEmitter } from 'node:events'
-import { closeSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, unlinkSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, unlinkSync } from 'node:fs'
 import http from 'node:http'
 import { dirname, relative } from 'node:path'
 import pino from 'pino'
@@ -72,6 +72,20 @@ interface Runner {
   generation: number
   /** in its first start: a failure fails `cordon up` instead of scheduling a restart */
   initial: boolean
+  /** spec.pinned files as they were when it started: path -> identity (fileId) */
+  pins?: Map<string, string>
+  /** a restart for a replaced pinned file is under way */
+  repinning?: boolean
+}
+
+/** a file's identity: device and inode, or 'absent' */
+function fileId(p: string): string {
+  try {
+    const st = statSync(p)
+    return `${st.dev}:${st.ino}`
+  } catch {
+    return 'absent'
+  }
 }
 
 const BACKOFF_MS = [0, 100, 250, 500, 1000, 2000, 5000, 10_000]
@@ -205,6 +219,8 @@ export class Supervisor extends EventEmitter {
   private adopt(r: Runner, rec: NonNullable<RuntimeState['components'][ComponentName]>) {
     r.id = { pid: rec.pid, start: rec.start }
     r.adopted = true
+    // what is there now (a file replaced while no supervisor watched goes unnoticed until a restart)
+    if (r.spec.pinned) r.pins = new Map(r.spec.pinned.map((f) => [f, fileId(f)]))
     r.startedAt = rec.startedAt
     r.restarts = rec.restarts
     r.status = r.spec.control ? 'healthy' : 'running'
@@ -244,6 +260,8 @@ export class Supervisor extends EventEmitter {
       }
     }
     let cmd: { argv: string[]; env: Record<string, string> } = s
+    // before the helper opens them for its rules (a file replaced in between only costs a restart)
+    if (s.pinned) r.pins = new Map(s.pinned.map((f) => [f, fileId(f)]))
     if (s.prepare) {
       try {
         const p = s.prepare()
@@ -343,6 +361,7 @@ export class Supervisor extends EventEmitter {
         return
       }
       if (r.checking || (r.status !== 'healthy' && r.status !== 'unhealthy')) return
+      if (this.checkPinned(r)) return
       r.checking = true
       const h = await checkHealth(r.spec.control!, Math.max(500, r.spec.healthIntervalMs))
       r.checking = false
@@ -364,6 +383,25 @@ export class Supervisor extends EventEmitter {
       }
     }, r.spec.healthIntervalMs)
     this.timers.push(t)
+  }
+
+  /**
+   * A confined component's rules cover the files its pinned paths named when it started; a file
+   * replaced since (rename over it, or created where none was) is out of its reach, so reloading it
+   * would fail: restart the component, whose new rules cover the new file. True when a restart began.
+   */
+  private checkPinned(r: Runner): boolean {
+    if (!r.pins || r.repinning) return false
+    const changed = [...r.pins].filter(([f, id]) => fileId(f) !== id).map(([f]) => f)
+    if (!changed.length) return false
+    const name = r.spec.name
+    r.repinning = true
+    this.log.warn({ target: name, files: changed }, `${name}: ${changed.join(', ')} replaced since it started (its Landlock rules cover the old file): restarting it to read the new one`)
+    this.event(name, 'restarting', { detail: `replaced: ${changed.join(', ')}` })
+    void this.restart(name)
+      .catch((e: Error) => this.log.error({ target: name, err: e.message }, `restart of ${name} failed`))
+      .finally(() => (r.repinning = false))
+    return true
   }
 
   private onExit(r: Runner, gen: number, code: number | null, signal: string | null) {

@@ -6,7 +6,7 @@
 // answered, no audit record is lost. `cordon down` leaves no process, socket, namespace or link.
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { cli, until } from './helpers.js'
 import { startWorld, PROVIDER_KEY, TG_TOKEN } from './world.js'
@@ -134,6 +134,24 @@ t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
     t.same([rtr[keyFile], rtr[tokenFile], rtr[join(w.state, 'gateway', 'audit.jsonl')]], ['read', 'denied', 'denied'], "router: its key yes, the gateway's token and audit no")
     const gw = await probe('gateway', [keyFile, tokenFile, join(w.state, 'engine', 'audit.jsonl')])
     t.same([gw[keyFile], gw[tokenFile], gw[join(w.state, 'engine', 'audit.jsonl')]], ['denied', 'read', 'denied'], "gateway: its token yes, the provider key and the engine's audit no")
+  }
+
+  // 2d. a secret file replaced by rename (as `cordon keys set` and most editors write): the router's
+  // Landlock rule covered the old file, so the supervisor restarts it to read the new one
+  {
+    const keyFile = join(w.dir, 'openai.key')
+    const before = await status()
+    writeFileSync(`${keyFile}.new`, readFileSync(keyFile), { mode: 0o600 })
+    renameSync(`${keyFile}.new`, keyFile)
+    const back = await until(async () => {
+      const c = comp(await status(), 'router')
+      return c.status === 'healthy' && c.pid !== comp(before, 'router').pid && c
+    }, 60_000, 'the router restarted after its key file was replaced')
+    t.equal(back.restarts, comp(before, 'router').restarts + 1, 'the router restarted once')
+    const after = await status()
+    for (const other of ['engine', 'gateway', 'agent']) t.equal(comp(after, other).pid, comp(before, other).pid, `${other} untouched`)
+    t.match(readFileSync(join(w.logs, 'supervisor.log'), 'utf8'), /router: .*openai\.key replaced since it started/, 'the supervisor says why')
+    t.equal(await say('after the key file was replaced'), 'hello from the fake model', 'and the router serves with the new file')
   }
 
   // 3. kill -9 of each component mid conversation
