@@ -328,7 +328,31 @@ export function persistAllowRule(file: string, rule: string): void {
   const exists = allow.items.some((i) => isScalar(i) && i.value === rule)
   if (!exists) allow.add(doc.createNode(rule))
   const out = doc.toString()
-  atomicWrite(real, out)
+  try {
+    atomicWrite(real, out)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    // a confined engine (cordon up) may write the policy file but not create files beside it, and
+    // a file that is a bind mount (a container's single-file mount) cannot be renamed over (EBUSY):
+    // rewrite it in place (same inode, so a Landlock rule on it still covers it). The new text only
+    // adds a rule, so it is never shorter than the old: a crash mid-write cannot leave the old tail
+    if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EBUSY') throw e
+    rewriteInPlace(real, out)
+  }
+}
+
+/** Write data over file, same inode: write from offset 0, cut to its length, fsync. */
+export function rewriteInPlace(file: string, data: string): void {
+  const fd = fs.openSync(file, 'r+')
+  try {
+    const buf = Buffer.from(data)
+    let off = 0
+    while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off, off)
+    fs.ftruncateSync(fd, buf.length)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 export function atomicWrite(file: string, data: string): void {
@@ -347,7 +371,12 @@ export function atomicWrite(file: string, data: string): void {
   } finally {
     fs.closeSync(fd)
   }
-  fs.renameSync(tmp, file)
+  try {
+    fs.renameSync(tmp, file)
+  } catch (e) {
+    fs.rmSync(tmp, { force: true })
+    throw e
+  }
   try {
     const dfd = fs.openSync(dir, 'r')
     try {
