@@ -20,7 +20,8 @@
  *   --rlimit RES=SOFT:HARD       RES in as,core,cpu,data,fsize,memlock,nofile,nproc,stack; inf
  *   --netns new | --netns-path P new network namespace with lo up / join an existing one
  *   --private-tmp HOSTDIR        new mount namespace, / rprivate, HOSTDIR bind-mounted on /tmp
- *   --keep-path PATH             a path under the host's /tmp that stays visible at the same path
+ *   --keep-path PATH             a path under the host's /tmp (a directory or a file) that stays
+ *                                visible at the same path
  *   --hide-processes             new mount namespace (if not already), a new procfs mounted on /proc
  *                                with hidepid=invisible: once the Landlock domain is in force, the
  *                                kernel hides every process the program may not ptrace-read, i.e.
@@ -317,14 +318,28 @@ int main(int argc, char **argv) {
   }
   if (private_tmp) {
     /* Paths under the host's /tmp that must stay reachable: hold them open across the mount. */
+    int keep_dir[64];
     for (i = 0; i < n_keeps; i++) {
-      keep_fds[i] = open(keeps[i], O_PATH | O_CLOEXEC | O_DIRECTORY);
-      if (keep_fds[i] < 0) die("private-tmp", keeps[i], errno);
+      struct stat st;
+      keep_fds[i] = open(keeps[i], O_PATH | O_CLOEXEC);
+      if (keep_fds[i] < 0 || fstat(keep_fds[i], &st) != 0) die("private-tmp", keeps[i], errno);
+      keep_dir[i] = S_ISDIR(st.st_mode);
     }
     if (mount(private_tmp, "/tmp", NULL, MS_BIND | MS_REC, NULL) != 0) die("private-tmp", private_tmp, errno);
     for (i = 0; i < n_keeps; i++) {
       char src[64];
-      mkdir_p(keeps[i]); /* the mount point, inside the private /tmp */
+      /* the mount point, inside the private /tmp: a directory, or for a file an empty file in
+         its directory (a bind mount takes a file onto a file) */
+      if (keep_dir[i]) mkdir_p(keeps[i]);
+      else {
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", keeps[i]);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) { *slash = 0; mkdir_p(parent); }
+        int mp = open(keeps[i], O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (mp < 0) die("private-tmp", keeps[i], errno);
+        close(mp);
+      }
       snprintf(src, sizeof src, "/proc/self/fd/%d", keep_fds[i]);
       if (mount(src, keeps[i], NULL, MS_BIND | MS_REC, NULL) != 0) die("private-tmp", keeps[i], errno);
       close(keep_fds[i]);
