@@ -127,11 +127,12 @@ export function findPeerProcess(
   // measured on the 24 GiB host, depending on the day's VM), which a namespace shares
   // unless it has one of its own (lib/sandbox/netns.ts gives sandboxes one); so `tcp6` is read only
   // when `tcp` does not have the socket
+  const fam = isIP(ca) as 4 | 6
   let keys: Array<['tcp' | 'tcp6', string, string]> | null = null
   const tableKeys = () => {
     if (keys) return keys
     keys = []
-    if (isIP(ca) === 4) {
+    if (fam === 4) {
       keys.push(['tcp', hexAddr(ca, clientPort, false), hexAddr(ga, gatePort, false)])
       keys.push(['tcp6', hexAddr(`::ffff:${ca}`, clientPort, true), hexAddr(`::ffff:${ga}`, gatePort, true)])
     } else keys.push(['tcp6', hexAddr(ca, clientPort, true), hexAddr(ga, gatePort, true)])
@@ -140,7 +141,6 @@ export function findPeerProcess(
   // the kernel's exact lookup (kernelLookup()) where it works, else the tables; each process's
   // namespace is asked at most once per lookup (a hint that finds the socket but not its owner
   // leaves the walk below its answer: the host's table costs milliseconds)
-  const fam = isIP(ca) as 4 | 6
   const client = { addr: addrBytes(ca, fam), port: clientPort }
   const gate = { addr: addrBytes(ga, fam), port: gatePort }
   const diag = fam === isIP(ga) && kernelLookup(fam, gate, client)
@@ -198,11 +198,15 @@ export function findPeerProcess(
  * lookup (a socket's inode is unique on the host), so a stale hint can only miss, and a miss falls
  * back to the full walk. At most MAX_HINTS addresses are remembered (oldest dropped first).
  */
-interface Hint {
-  ns: string
-  nsPid: number | 'self'
+interface Hint extends Where {
   owner: number
   fd: string
+}
+
+/** a network namespace ("net:[inode]") and a process through which it is asked ('self': ours) */
+interface Where {
+  ns: string
+  nsPid: number | 'self'
 }
 const hints = new Map<string, Hint>()
 const MAX_HINTS = 256
@@ -256,7 +260,7 @@ export function setKernelLookup(on: boolean): void {
   kernelState = on ? 'untried' : 'off'
 }
 
-function remember(addr: string, where: { ns: string; nsPid: number | 'self' }, owner: Owner): PeerProcess {
+function remember(addr: string, where: Where, owner: Owner): PeerProcess {
   hints.delete(addr)
   if (hints.size >= MAX_HINTS) hints.delete(hints.keys().next().value!)
   // the owner's own namespace link is the one to use next time when the owner lives in that namespace
@@ -265,7 +269,7 @@ function remember(addr: string, where: { ns: string; nsPid: number | 'self' }, o
   return { pid: owner.pid, binary: owner.binary }
 }
 
-function viaHint(h: Hint, search: (prefix: string) => number | null): { where: { ns: string; nsPid: number | 'self' }; owner: Owner } | null {
+function viaHint(h: Hint, search: (prefix: string) => number | null): { where: Where; owner: Owner } | null {
   const prefix = h.nsPid === 'self' ? '/proc/self' : `/proc/${h.nsPid}`
   if (nsLink(`${prefix}/ns/net`) !== h.ns) return null // that process left the namespace, or is gone
   const inode = search(prefix)
@@ -291,14 +295,14 @@ function lookup(
   all: number[],
   elsewhere: boolean,
   fresh: boolean,
-): { where: { ns: string; nsPid: number | 'self' }; owner: Owner } | null {
+): { where: Where; owner: Owner } | null {
   const netnsOf = (pid: number) => {
     let n = fresh ? undefined : nsOfPid.get(pid)
     if (n === undefined) nsOfPid.set(pid, (n = nsLink(`/proc/${pid}/ns/net`)))
     return n
   }
   const self = nsLink('/proc/self/ns/net')
-  let where: { ns: string; nsPid: number | 'self' } = { ns: self, nsPid: 'self' }
+  let where: Where = { ns: self, nsPid: 'self' }
   let inode = elsewhere ? null : search('/proc/self')
   if (!inode) {
     // the client may live in another network namespace (a sandbox): read each namespace's table once

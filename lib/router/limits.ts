@@ -135,7 +135,7 @@ export class Limiter {
     const s = this.state(id)
     this.prune(s, now)
     const fl = s.inflight
-    const inFlight = `${fl.calls} call${fl.calls === 1 ? '' : 's'} in flight`
+    const inFlight = () => `${fl.calls} call${fl.calls === 1 ? '' : 's'} in flight` // for the refusals only
     if (limits.spend) {
       const p = periodStart(limits.spend.period, now)
       const used = s.spend && s.spend.start === p.start && s.spend.period === limits.spend.period ? s.spend.usd : 0
@@ -150,7 +150,7 @@ export class Limiter {
         return {
           kind: 'rate_limit',
           retryAfterS: 1,
-          message: `spend cap for sandbox ${id}: $${used.toFixed(4)} spent and up to $${fl.usd.toFixed(4)} held by ${inFlight}, of $${limits.spend.usd} this ${limits.spend.period}; retry when they have finished`,
+          message: `spend cap for sandbox ${id}: $${used.toFixed(4)} spent and up to $${fl.usd.toFixed(4)} held by ${inFlight()}, of $${limits.spend.usd} this ${limits.spend.period}; retry when they have finished`,
         }
       }
     }
@@ -172,7 +172,7 @@ export class Limiter {
       return {
         kind: 'rate_limit',
         retryAfterS: 1,
-        message: `token rate limit for sandbox ${id}: ${s.tok.sum} tokens used in the last minute and up to ${fl.tokens} held by ${inFlight}, of ${limits.tpm}; retry when they have finished`,
+        message: `token rate limit for sandbox ${id}: ${s.tok.sum} tokens used in the last minute and up to ${fl.tokens} held by ${inFlight()}, of ${limits.tpm}; retry when they have finished`,
       }
     }
     s.req.add(now, 1)

@@ -149,7 +149,7 @@ function claimSlot(registry: string, id: string): number {
   fs.mkdirSync(SLOT_DIR, { recursive: true, mode: 0o755 })
   fs.mkdirSync(registry, { recursive: true, mode: 0o755 })
   const name = `cordon-${id}`
-  let again = 0 // retries of one slot that was released or taken over meanwhile (bounded)
+  let again = 0 // retries of a slot released or taken over meanwhile: 3 in all, so the loop ends
   for (let n = 1; n < 64; n++) {
     const slot = path.join(SLOT_DIR, String(n))
     try {

@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { PKG_ROOT, type ComponentName, type CordonConfig } from './config.js'
 import { controlSocket } from './runtime.js'
 import { sandboxId } from './sandbox-net.js'
-import { servicePolicyPaths, writeServicePolicy } from './service-policy.js'
+import { writeServicePolicy } from './service-policy.js'
 import { loadPolicy, compilePlan } from '../policy/index.js'
 import { planHash } from '../policy/compile.js'
 import { probe } from '../kernel/probe.js'
@@ -119,9 +119,8 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
     if (!s.confine) return argv
     const d = componentDirs(cfg, name)
     const paths = { stateDir: d.dir, socketDir: dirname(controlSocket(rt, name)), config, keys: name === 'router' ? keys : undefined }
-    const policy = writeServicePolicy(cfg, name, paths)
+    const { file: policy, readOnly, readWrite } = writeServicePolicy(cfg, name, paths)
     // the rules on single files (not directories, existing or not yet): see ComponentSpec.pinned
-    const { readOnly, readWrite } = servicePolicyPaths(cfg, name, paths)
     pins.set(name, [...new Set([...readOnly, ...readWrite])].filter((f) => f !== PKG_ROOT && f !== paths.stateDir && f !== paths.socketDir && !isDir(f)))
     const env = { ...baseEnv(), ...s.env }
     prepares.set(name, () => {
