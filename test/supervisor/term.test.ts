@@ -16,6 +16,13 @@ async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms
   while (!cond() && Date.now() < end) await tick(20)
 }
+/** Wait until Ink listens on stdin: it attaches its 'readable' listener in an effect after the
+ *  first render, and a key written before that is lost. A fixed sleep lost keys on a loaded CI box. */
+async function inputReady(app: { stdin: EventEmitter }, t: { ok(v: unknown, m?: string): unknown }): Promise<void> {
+  await until(() => app.stdin.listenerCount('readable') > 0)
+  t.ok(app.stdin.listenerCount('readable') > 0, 'Ink listens on stdin')
+  await tick(20) // the handler's own effect runs in the same commit; let it settle
+}
 
 function fakeStore(state: Partial<TermState>) {
   const calls: string[] = []
@@ -68,7 +75,7 @@ t.test('keys: a approves for the session, A asks then persists, d denies', async
   ]
   const { store, calls } = fakeStore({ pending })
   const app = render(h(App, { store, rows: 40 }))
-  await tick(400) // Ink attaches its stdin listener after the first render
+  await inputReady(app, t)
   t.match(app.lastFrame()!, /› p1\s+pypi\.org:443\s+\/usr\/bin\/pip \(pid 7\)/)
   app.stdin.write('a')
   await until(() => calls.length >= 1)
@@ -102,7 +109,7 @@ t.test('? shows help, / filters the log pane', async (t) => {
   logs[2]!.msg = 'deny x.example'
   const { store } = fakeStore({ logs })
   const app = render(h(App, { store, rows: 40 }))
-  await tick(400) // Ink attaches its stdin listener after the first render
+  await inputReady(app, t)
   t.match(app.lastFrame()!, /config reloaded/)
   app.stdin.write('?')
   await tick()
