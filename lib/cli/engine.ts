@@ -117,6 +117,7 @@ async function runEngine(o: Record<string, unknown>): Promise<void> {
     sandboxId: o.sandboxId as string | undefined,
     netnsRegistry: o.netnsRegistry as string | undefined,
     identify: o.identify as Identify,
+    identifyVia: (o.identifyVia as string) ?? undefined,
     watch: o.watch !== false,
     headersTimeoutMs: Number(o.headersTimeout) * 1000,
     relay: o.relay as 'splice' | 'node',
@@ -260,6 +261,7 @@ export function register(program: Command): void {
     .option('--sandbox-id <id>', 'sandbox label for audit records of unregistered clients')
     .option('--netns-registry <dir>', 'directory where sandbox namespaces register their addresses', '/run/cordon/netns')
     .addOption(new Option('--identify <which>', 'whose decisions name the client pid/binary (a /proc walk once per client connection, within a time budget): all clients, sandboxes (a registered sandbox namespace; others on deny/ask), flagged (deny/ask only) or none').choices(['all', 'sandboxes', 'flagged', 'none']).default('sandboxes'))
+    .option('--identify-via <socket>', "ask the lookup service on this unix socket which process a client is (a confined engine may not read /proc for it: `cordon up` serves it from the supervisor); an answer not in 100 ms is an unknown client")
     .option('--no-watch', 'do not watch the policy file (reload only via the control API or SIGHUP)')
     .option('--headers-timeout <seconds>', 'drop clients that do not send request headers in time', '15')
     .addOption(new Option('--relay <who>', 'who moves the bytes of an established tunnel: the kernel (splice, no copies through the engine) or Node').choices(['splice', 'node']).default('splice'))

@@ -33,6 +33,7 @@ import {
 } from './rules.js'
 import { type LoadedPolicy, PolicyLoadError, loadNetworkPolicy, persistAllowRule, sha256, atomicWrite } from './policy.js'
 import { findPeerProcess, prepareLookups, type PeerProcess } from './procinfo.js'
+import { RemoteLookup } from './lookup-service.js'
 
 export interface HostPort {
   host: string
@@ -72,6 +73,11 @@ export interface EngineOptions {
   identifyBudgetMs?: number
   /** the share of the gate's time the client lookups may spend, 0..1 (default 0.05) */
   identifyShare?: number
+  /**
+   * look client processes up through the lookup service on this unix socket (lib/engine/
+   * lookup-service.ts: a confined engine may not read other domains' /proc links) instead of /proc
+   */
+  identifyVia?: string
   watch?: boolean
   headersTimeoutMs?: number
   requestTimeoutMs?: number
@@ -133,6 +139,8 @@ interface ConnState {
   origin?: string
   /** the client process, once looked up (identify()); null: not found or not looked up by choice */
   peer?: PeerProcess | null
+  /** a lookup through the lookup service in flight (--identify-via) */
+  peerLookup?: Promise<PeerProcess | null>
   /** the client address is a registered sandbox's (its namespace is not the engine's) */
   registered: boolean
 }
@@ -450,6 +458,8 @@ export class Engine {
   private unixServer: net.Server | null = null
   /** keep-alive pools to upstream origins for plain HTTP */
   private readonly upstream: Agent
+  /** --identify-via: the lookup service that names client processes for this engine */
+  private readonly remoteLookup: RemoteLookup | null
   /** upstream headers/body idle timeout for plain HTTP, ms */
   private readonly upstreamTimeoutMs: number
   private watcher: fs.FSWatcher | null = null
@@ -478,6 +488,7 @@ export class Engine {
     this.idBudgetMs = this.idBudgetCap
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
     this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
+    this.remoteLookup = opts.identifyVia && opts.identify !== 'none' ? new RemoteLookup(opts.identifyVia) : null
     this.upstreamTimeoutMs = Math.min(opts.tunnelIdleMs ?? 3_600_000, 3_600_000)
     if (opts.router) this.services.set('inference.local', opts.router)
     if (opts.gateway) this.services.set('gateway.local', opts.gateway)
@@ -505,7 +516,7 @@ export class Engine {
     this.policy = loadNetworkPolicy(this.opts.policyFile, this.opts.presetDir)
     this.generation = 1
     this.loadState()
-    if (this.opts.identify !== 'none') prepareLookups()
+    if (this.opts.identify !== 'none' && !this.remoteLookup) prepareLookups()
     await this.audit.commit({
       time: now(),
       type: 'start',
@@ -750,6 +761,7 @@ export class Engine {
       await new Promise((r) => setTimeout(r, 10))
     }
     await new Promise((r) => setImmediate(r))
+    this.remoteLookup?.close()
     // an engine whose start failed before its start record has no trail to close
     if (this.audit.records > 0) this.audit.append({ time: now(), type: 'stop', pid: process.pid })
     this.audit.close()
@@ -1035,8 +1047,14 @@ export class Engine {
    * While the budget is spent the answer is 'skipped' (the audit record says so) and the connection
    * is looked up again at its next decision.
    */
-  private identify(conn: ConnState): PeerProcess | null | 'skipped' {
+  /**
+   * The client process of a connection, looked up once (within the time budget): through /proc, or
+   * with --identify-via through the lookup service of a process that may read it (lib/engine/
+   * lookup-service.ts), which returns a promise. Concurrent decisions on one connection share one lookup.
+   */
+  private identify(conn: ConnState): PeerProcess | null | 'skipped' | Promise<PeerProcess | null | 'skipped'> {
     if (conn.peer !== undefined) return conn.peer
+    if (conn.peerLookup) return conn.peerLookup
     if (this.opts.identify === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)
     const t0 = performance.now()
     this.idBudgetMs = Math.min(this.idBudgetCap, this.idBudgetMs + (t0 - this.idRefill) * this.idShare)
@@ -1045,15 +1063,23 @@ export class Engine {
       this.mLookups.inc({ result: 'skipped' })
       return 'skipped'
     }
+    const settle = (found: PeerProcess | null) => {
+      this.idBudgetMs -= performance.now() - t0
+      this.mLookups.inc({ result: found ? 'found' : 'unknown' })
+      conn.peerLookup = undefined
+      return (conn.peer = found)
+    }
+    if (this.remoteLookup) {
+      const q = { client: conn.clientAddr, clientPort: conn.clientPort, gate: conn.localAddr, gatePort: conn.localPort, elsewhere: conn.registered }
+      return (conn.peerLookup = this.remoteLookup.lookup(q).then(settle))
+    }
     let found: PeerProcess | null = null
     try {
       found = findPeerProcess(conn.clientAddr, conn.clientPort, conn.localAddr, conn.localPort, conn.registered)
     } catch {
       /* an unreadable /proc: recorded as unknown */
     }
-    this.idBudgetMs -= performance.now() - t0
-    this.mLookups.inc({ result: found ? 'found' : 'unknown' })
-    return (conn.peer = found)
+    return settle(found)
   }
 
   private denyOutcome(id: string, reason: string, rule: Rule | null, t: Target, status = 403, pendingId: string | null = null): Outcome {
@@ -1094,7 +1120,8 @@ export class Engine {
       let name: NameDecision = decideName(net, this.session, t)
       let pendingId: string | null = null
       if (name.action === 'unlisted' && net.unlisted === 'ask') {
-        peer = this.identify(conn)
+        const p = this.identify(conn)
+        peer = p instanceof Promise ? await p : p
         const r = await this.ask(t, conn, via, peer === 'skipped' ? null : peer, id, requestId)
         pendingId = r.pendingId || null
         name = { action: r.ok ? 'allow' : 'deny', rule: null, reason: r.why }
@@ -1139,7 +1166,10 @@ export class Engine {
     }
     // ---- audit before effect
     const mode = this.opts.identify ?? 'sandboxes'
-    if (peer === undefined && (out.action === 'deny' || mode === 'all' || (mode === 'sandboxes' && conn.registered))) peer = this.identify(conn)
+    if (peer === undefined && (out.action === 'deny' || mode === 'all' || (mode === 'sandboxes' && conn.registered))) {
+      const p = this.identify(conn)
+      peer = p instanceof Promise ? await p : p
+    }
     const who = peer === 'skipped' ? undefined : peer
     const rec: AuditRecord = {
       time: now(),
