@@ -48,6 +48,11 @@ export interface ComponentSpec {
   pinned?: string[]
   /** control socket polled for GET /health (the agent has none: running == healthy) */
   control?: string
+  /**
+   * the supervisor answers this component's client-process lookups on this unix socket (the
+   * confined engine: lib/engine/lookup-service.ts, `cordon engine --identify-via`)
+   */
+  lookupSocket?: string
   listen?: string
   stateDir?: string
   audit?: string
@@ -133,6 +138,7 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
   {
     const d = componentDirs(cfg, 'engine')
     const control = controlSocket(rt, 'engine')
+    const lookup = join(dirname(control), 'lookup.sock')
     const argv = [
       ...(cfg.engine.exec ?? [...self, 'engine']),
       '--policy', cfg.policy,
@@ -143,13 +149,13 @@ export function buildSpecs(cfg: CordonConfig): ComponentSpec[] {
       '--audit', d.audit,
       '--state', d.state,
       // a confined engine (its own Landlock domain) may not inspect processes outside it: the
-      // kernel refuses it the agent's /proc/PID/ns and /proc/PID/fd links, so a lookup of the client
-      // process could only fail, at a cost per connection. Records carry the sandbox id; an
-      // unconfined engine (engine.confine: false) names the process (--identify sandboxes)
-      ...(cfg.engine.confine ? ['--identify', 'none'] : []),
+      // kernel refuses it the agent's /proc/PID/ns and /proc/PID/fd links. It asks the supervisor,
+      // which may, on a socket in its own directory (its rules cover it; the agent has none there);
+      // an unconfined engine (engine.confine: false) reads /proc itself
+      ...(cfg.engine.confine ? ['--identify-via', lookup] : []),
       ...cfg.engine.args,
     ]
-    specs.push({ name: 'engine', argv: confine('engine', argv), env: { ...baseEnv(), ...cfg.engine.env }, control, listen: cfg.engine.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.engine.startTimeoutMs, healthIntervalMs: cfg.engine.healthIntervalMs, healthFailures: cfg.engine.healthFailures })
+    specs.push({ name: 'engine', argv: confine('engine', argv), env: { ...baseEnv(), ...cfg.engine.env }, control, ...(cfg.engine.confine ? { lookupSocket: lookup } : {}), listen: cfg.engine.listen, stateDir: d.state, audit: d.audit, startTimeoutMs: cfg.engine.startTimeoutMs, healthIntervalMs: cfg.engine.healthIntervalMs, healthFailures: cfg.engine.healthFailures })
   }
   {
     const d = componentDirs(cfg, 'router')

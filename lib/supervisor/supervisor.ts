@@ -29,6 +29,7 @@ import { logPath, openCapture, rotateIfNeeded } from './logs.js'
 import { isAlive, procId, signalGroup, sleep, terminate, type ProcId } from './proc.js'
 import { cleanStale, controlLink, ensureDir, listLinks, readState, removeState, supervisorAlive, supervisorSocket, writeState, type RuntimeState } from './runtime.js'
 import { prepareAgentNet, removeAgentNet, sandboxId } from './sandbox-net.js'
+import { serveLookups, type LookupServer } from '../engine/lookup-service.js'
 
 export type Status = 'stopped' | 'starting' | 'healthy' | 'running' | 'unhealthy' | 'restarting' | 'crash-loop' | 'failed'
 
@@ -102,6 +103,8 @@ export class Supervisor extends EventEmitter {
   private stopping = false
   private stopped?: Promise<void>
   private server?: http.Server
+  /** client-process lookups answered for confined components (ComponentSpec.lookupSocket) */
+  private lookups: LookupServer[] = []
   private timers: NodeJS.Timeout[] = []
   private readonly startedAt = Date.now()
   private readonly log: pino.Logger
@@ -155,6 +158,13 @@ export class Supervisor extends EventEmitter {
     const prev = readState(rt)
     if (supervisorAlive(prev)) throw new Error(`cordon is already running (supervisor pid ${prev!.supervisor.pid}, runtime dir ${rt}); run \`cordon status\` or \`cordon down\` first`)
     await this.listen()
+    // before any component starts (an adopted engine reconnects by itself)
+    try {
+      for (const s of this.specs) if (s.lookupSocket) this.lookups.push(await serveLookups(s.lookupSocket))
+    } catch (e) {
+      await this.stop(1)
+      throw new Error(`cannot serve client-process lookups: ${(e as Error).message}`)
+    }
     const adoptable = new Map<ComponentName, RuntimeState['components'][ComponentName]>()
     if (prev) {
       for (const ns of prev.netns ?? []) this.netns.add(ns)
@@ -482,7 +492,7 @@ export class Supervisor extends EventEmitter {
 
   /** control sockets and the links to them (removed on down) */
   private socketPaths(): string[] {
-    return [...this.runners.values()].flatMap((r) => (r.spec.control ? [r.spec.control, controlLink(this.cfg.runtimeDir, r.spec.name)] : []))
+    return [...this.runners.values()].flatMap((r) => [...(r.spec.control ? [r.spec.control, controlLink(this.cfg.runtimeDir, r.spec.name)] : []), ...(r.spec.lookupSocket ? [r.spec.lookupSocket] : [])])
   }
 
   status(): SupervisorStatus {
@@ -594,6 +604,7 @@ export class Supervisor extends EventEmitter {
         sockets: this.socketPaths(),
         sandboxId: this.sandboxId,
       }
+      for (const l of this.lookups) await l.close()
       await cleanStale(rt, st)
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()))
       if (existsSync(supervisorSocket(rt))) unlinkSync(supervisorSocket(rt))

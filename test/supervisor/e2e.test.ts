@@ -210,6 +210,12 @@ t.test('cordon up end to end', { timeout: 600_000 }, async (t) => {
   const engAudit = readFileSync(join(w.state, 'engine', 'audit.jsonl'), 'utf8')
   t.match(engAudit, /"decision":"pending"[^\n]*upstream\.test/, 'the pending decision is in the engine audit')
   t.match(engAudit, /"type":"approval"[^\n]*upstream\.test/, 'the approval is in the engine audit')
+  // the confined engine cannot read the agent's /proc links; the supervisor's lookup service names the process
+  const agentDecisions = engAudit.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.type === 'decision' && String(r.sandbox).startsWith('up-'))
+  t.ok(agentDecisions.length > 0, `the agent's decisions are in the engine audit (${agentDecisions.length})`)
+  const named = agentDecisions.filter((r) => typeof r.pid === 'number' && typeof r.binary === 'string' && /\/node[\d.]*$/.test(r.binary as string))
+  t.ok(named.length >= agentDecisions.length * 0.9, `they name the agent's pid and binary (${named.length} of ${agentDecisions.length}; a lookup while the supervisor was being killed may miss)`)
+  t.ok(agentDecisions.some((r) => r.decision === 'pending' && typeof r.pid === 'number'), 'the pending decision the operator approved names the process too')
   const routerAudit = readFileSync(join(w.state, 'router', 'audit.jsonl'), 'utf8').trim().split('\n').filter((l) => l.includes('"status":200'))
   const answered = readFileSync(join(w.logs, 'agent.log'), 'utf8').split('\n').filter((l) => l.includes('"answered"')).length
   // a call completed just before a kill -9 of the router must still be in its audit trail
