@@ -8,8 +8,8 @@
  *
  * Every decision is already made in TypeScript (lib/policy compiles, lib/sandbox/argv.ts
  * serializes); this program only parses options and makes syscalls, in this fixed order:
- *   mkdirs, rlimits, namespaces (user, net), mount ns (private /tmp, a /proc that hides other
- *   processes), drop capabilities,
+ *   mkdirs, rlimits, namespaces (user, net, and without root a PID namespace: fork), mount ns
+ *   (private /tmp, a /proc that hides other processes), drop capabilities,
  *   Landlock ruleset + rules, PR_SET_NO_NEW_PRIVS, landlock_restrict_self, seccomp, execvp.
  * Any failure prints `cordon: <step>: <what>: <strerror>` and exits 125: it never executes the
  * program less confined than asked. Exit 126/127: the program could not be executed / not found
@@ -22,10 +22,12 @@
  *   --private-tmp HOSTDIR        new mount namespace, / rprivate, HOSTDIR bind-mounted on /tmp
  *   --keep-path PATH             a path under the host's /tmp (a directory or a file) that stays
  *                                visible at the same path
- *   --hide-processes             new mount namespace (if not already), a new procfs mounted on /proc
- *                                with hidepid=invisible: once the Landlock domain is in force, the
- *                                kernel hides every process the program may not ptrace-read, i.e.
- *                                every process outside its domain (root only: needs CAP_SYS_ADMIN)
+ *   --hide-processes             new mount namespace (if not already), a new procfs mounted on /proc.
+ *                                As root, in the same PID namespace with hidepid=invisible: once the
+ *                                Landlock domain is in force, the kernel hides every process the
+ *                                program may not ptrace-read, i.e. every process outside its domain.
+ *                                Without root (in a user namespace a procfs can be mounted only for
+ *                                a PID namespace it owns), in a new PID namespace: see pid_namespace()
  *   --die-with-parent            the program gets SIGKILL when the process that started cordon-exec
  *                                dies (PR_SET_PDEATHSIG, set after every credential change)
  *                                once /tmp is replaced (bind-mounted back; e.g. a workspace in /tmp)
@@ -57,6 +59,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <poll.h>
 #include <unistd.h>
 
 /* the procfs gid= group of --hide-processes: no account has it (lib/policy/compile.ts HIDE_GID) */
@@ -195,6 +199,134 @@ static void drop_caps(void) {
   if (syscall(SYS_capset, &hdr, data) != 0) die("capabilities", "capset", errno);
 }
 
+/*
+ * The PID namespace of an unprivileged --hide-processes. unshare(CLONE_NEWPID) puts only the
+ * children of the caller in the new namespace, and the namespace's first process is its init: the
+ * kernel discards signals an init has no handler for, and kills every process of the namespace
+ * when the init exits. So three processes:
+ *   outer  (this process, in the launcher's PID namespace: the pid the launcher knows) waits for
+ *          init and ends as the program ended: the same exit code, or the same signal raised on
+ *          itself. A signal sent to it by a process (si_code <= 0: kill, sigqueue) is forwarded
+ *          to init; one the kernel generated (a terminal's ^C, SIGWINCH) is not, as the program, in
+ *          the same process group, got it too. If outer dies, even by SIGKILL, init gets SIGKILL
+ *          (PR_SET_PDEATHSIG) and the namespace dies with it.
+ *   init   (pid 1 in the namespace) mounts the new procfs, takes the same confinement as the
+ *          program (Landlock, no_new_privs, no capabilities, seccomp: ptrace of it gains nothing),
+ *          starts the program, reaps every orphan, passes on to the program the signals outer
+ *          forwards (SI_QUEUE with FWD_MAGIC: init ignores every other), and when the program ends
+ *          writes its wait status to outer through a pipe and exits, which ends the namespace:
+ *          nothing the program left running survives it.
+ *   the program (pid 2).
+ * A signal sent to the whole process group (kill -PGID) reaches the program directly and through
+ * outer: twice.
+ */
+#define FWD_MAGIC 0x636f7264 /* "cord" */
+static const int fwd_signals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM};
+static sigset_t pidns_old_mask;
+static int pidns_status_w = -1, pidns_life_r = -1;
+
+static void pidns_mask(sigset_t *set) {
+  sigemptyset(set);
+  for (size_t k = 0; k < sizeof fwd_signals / sizeof fwd_signals[0]; k++) sigaddset(set, fwd_signals[k]);
+  sigaddset(set, SIGCHLD);
+}
+
+/* outer: never returns */
+static void pidns_outer(pid_t init, int status_r, int die_with_parent, pid_t parent) {
+  sigset_t set;
+  pidns_mask(&set);
+  if (die_with_parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent) {
+      kill(init, SIGKILL);
+      die("die-with-parent", "the parent exited before the program started", ESRCH);
+    }
+  }
+  for (;;) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&set, &si);
+    if (sig < 0) {
+      if (errno == EINTR) continue;
+      kill(init, SIGKILL);
+      die("hide-processes", "sigwaitinfo", errno);
+    }
+    if (sig != SIGCHLD) {
+      if (si.si_code <= 0) { /* sent by a process, not by the kernel */
+        siginfo_t q;
+        memset(&q, 0, sizeof q);
+        q.si_signo = sig;
+        q.si_code = SI_QUEUE;
+        q.si_pid = getpid();
+        q.si_uid = getuid();
+        q.si_value.sival_int = FWD_MAGIC;
+        syscall(SYS_rt_sigqueueinfo, init, sig, &q);
+      }
+      continue;
+    }
+    int st;
+    pid_t w = waitpid(init, &st, WNOHANG);
+    if (w != init) continue;
+    int prog_st;
+    ssize_t n = read(status_r, &prog_st, sizeof prog_st);
+    if (n != (ssize_t)sizeof prog_st) prog_st = st; /* init failed before the program ran (it said why) */
+    if (WIFSIGNALED(prog_st)) {
+      int s2 = WTERMSIG(prog_st);
+      struct rlimit no_core = {0, 0};
+      setrlimit(RLIMIT_CORE, &no_core); /* the program's crash is not outer's: no core file of ours */
+      signal(s2, SIG_DFL);
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, s2);
+      sigprocmask(SIG_UNBLOCK, &one, NULL);
+      raise(s2);
+      _exit(128 + s2);
+    }
+    _exit(WIFEXITED(prog_st) ? WEXITSTATUS(prog_st) : 125);
+  }
+}
+
+/* Called in init once it is confined (before seccomp): starts the program. Returns in the
+   program's process; in init, applies `filter` and serves until the program ends. */
+static void pidns_init(const struct sock_fprog *filter) {
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("hide-processes", "prctl(PR_SET_PDEATHSIG)", errno);
+  struct pollfd pf = {pidns_life_r, POLLIN, 0};
+  if (poll(&pf, 1, 0) != 0) die("hide-processes", "the launcher exited before the program started", ESRCH); /* EOF: outer is gone */
+  pid_t prog = fork();
+  if (prog < 0) die("hide-processes", "fork the program", errno);
+  if (prog == 0) {
+    close(pidns_status_w);
+    close(pidns_life_r);
+    sigprocmask(SIG_SETMASK, &pidns_old_mask, NULL);
+    return;
+  }
+  if (filter && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, filter) != 0) {
+    kill(prog, SIGKILL);
+    die("seccomp", "seccomp(SET_MODE_FILTER) in the PID namespace's init", errno);
+  }
+  sigset_t set;
+  pidns_mask(&set);
+  for (;;) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&set, &si);
+    if (sig < 0) {
+      if (errno == EINTR) continue;
+      kill(prog, SIGKILL);
+      die("hide-processes", "init: sigwaitinfo", errno);
+    }
+    if (sig != SIGCHLD) {
+      if (si.si_code == SI_QUEUE && si.si_value.sival_int == FWD_MAGIC) kill(prog, sig);
+      continue;
+    }
+    int st;
+    pid_t w;
+    while ((w = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (w != prog) continue; /* an orphan of the program's, reaped */
+      ssize_t n = write(pidns_status_w, &st, sizeof st);
+      (void)n;
+      _exit(0);
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   int i, prog = -1;
   const char *netns_path = NULL, *private_tmp = NULL, *seccomp_hex = NULL;
@@ -289,7 +421,8 @@ int main(int argc, char **argv) {
 
   /* 3. namespaces */
   int root = geteuid() == 0;
-  if (!root && (netns_new || private_tmp)) {
+  int pidns = hide_procs && !root;
+  if (!root && (netns_new || private_tmp || pidns)) {
     uid_t uid = geteuid();
     gid_t gid = getegid();
     char map[64];
@@ -308,6 +441,27 @@ int main(int argc, char **argv) {
     if (fd < 0) die("netns", netns_path, errno);
     if (setns(fd, CLONE_NEWNET) != 0) die("netns", netns_path, errno);
     close(fd);
+  }
+
+  /* 3b. without root, a PID namespace for the procfs of 4: this process stays outside as `outer` */
+  if (pidns) {
+    int status_p[2], life_p[2];
+    sigset_t set;
+    if (unshare(CLONE_NEWPID) != 0) die("hide-processes", "unshare(CLONE_NEWPID)", errno);
+    if (pipe2(status_p, O_CLOEXEC) != 0 || pipe2(life_p, O_CLOEXEC) != 0) die("hide-processes", "pipe", errno);
+    pidns_mask(&set);
+    if (sigprocmask(SIG_BLOCK, &set, &pidns_old_mask) != 0) die("hide-processes", "sigprocmask", errno);
+    pid_t init = fork();
+    if (init < 0) die("hide-processes", "fork the PID namespace's init", errno);
+    if (init > 0) {
+      close(status_p[1]);
+      close(life_p[0]);
+      pidns_outer(init, status_p[0], die_with_parent, parent);
+    }
+    close(status_p[0]);
+    close(life_p[1]);
+    pidns_status_w = status_p[1];
+    pidns_life_r = life_p[0];
   }
 
   /* 4. mount namespace: a private /tmp, a /proc that hides other processes */
@@ -349,8 +503,12 @@ int main(int argc, char **argv) {
   /* hidepid=invisible hides a process unless the reader may ptrace-read it (Landlock refuses that for
      every process outside the reader's domain) or is in the mount's gid= group: the default, gid 0,
      would exempt a root program, so it names a group no account is in */
-  if (hide_procs && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,gid=" HIDE_GID) != 0)
+  if (hide_procs && !pidns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,gid=" HIDE_GID) != 0)
     die("hide-processes", "mount a new procfs on /proc (hidepid=invisible)", errno);
+  /* the PID namespace's own procfs lists its processes only (the kernel refuses it when the host's
+     /proc is not fully visible here, e.g. in a container that masks parts of it) */
+  if (pidns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+    die("hide-processes", "mount the PID namespace's procfs on /proc", errno);
 
   /* 5. capabilities */
   if (drop) drop_caps();
@@ -400,15 +558,19 @@ int main(int argc, char **argv) {
     close(rfd);
   }
 
+  struct sock_fprog fp = {filter_len, filter};
+  /* 8b. in the PID namespace: init starts the program here and stays (returns in the program) */
+  if (pidns) pidns_init(filter ? &fp : NULL);
+
   /* 9. seccomp (last: the filter may deny the syscalls used above) */
   if (filter) {
-    struct sock_fprog fp = {filter_len, filter};
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) != 0) die("seccomp", "seccomp(SET_MODE_FILTER)", errno);
   }
 
   /* 10. die with the parent: set last (credential changes clear it); if the parent is already
-     gone, the signal will never come, so stop here */
-  if (die_with_parent) {
+     gone, the signal will never come, so stop here. (In a PID namespace outer holds that role,
+     and the namespace ends with init.) */
+  if (die_with_parent && !pidns) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) die("die-with-parent", "prctl(PR_SET_PDEATHSIG)", errno);
     if (getppid() != parent) die("die-with-parent", "the parent exited before the program started", ESRCH);
   }

@@ -16,6 +16,11 @@ export interface CompileOptions {
   env?: NodeJS.ProcessEnv
   /** proxy mode, ABI >= 4: the only TCP ports the sandbox may connect to (egress gate, router) */
   gatePorts?: number[]
+  /**
+   * the plan confines the calling process itself (lock()), which keeps its pid: it cannot move into
+   * a PID namespace of its own, so without root other processes cannot be hidden
+   */
+  inPlace?: boolean
 }
 
 const READ = FS.read_file | FS.read_dir
@@ -225,12 +230,19 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     }
   }
 
-  // other processes: a procfs of the sandbox's own with hidepid=invisible lists only what the
-  // sandbox may ptrace-read, which under Landlock is its own domain; mounting it needs root
+  // other processes: as root, a procfs of the sandbox's own with hidepid=invisible lists only what
+  // the sandbox may ptrace-read, which under Landlock is its own domain. Without root a procfs can
+  // be mounted only for a PID namespace the sandbox's user namespace owns, so the helper makes one
+  // (its init and the program inside, native/cordon-exec.c): `hidden` asks for that, `auto` does not
+  // (a new PID namespace changes the pid and the signal path, and containers often refuse it)
   const others = policy.process.others
-  const hideProcesses = others !== 'visible' && features.isRoot && landlock !== null
+  const unprivileged = others === 'hidden' && !features.isRoot && !opts.inPlace && features.userNamespaces
+  const hideProcesses = others !== 'visible' && landlock !== null && (features.isRoot || unprivileged)
   if (others === 'hidden' && !hideProcesses)
-    lost.push(`process.others: hidden: the host's processes stay listed in /proc (their cmdline and status readable), because hiding them ${landlock ? 'mounts a procfs of the sandbox\'s own, which needs root' : 'relies on Landlock'}`)
+    lost.push(`process.others: hidden: the host's processes stay listed in /proc (their cmdline and status readable), because ${
+      !landlock ? 'hiding them relies on Landlock'
+      : opts.inPlace ? 'without root hiding them needs a PID namespace, which lock() cannot give the process it confines (spawn() and cordon run can)'
+      : 'without root hiding them needs a PID namespace in a user namespace, and user namespaces are not available to this user'}`)
 
   if (!req.bestEffort && lost.length)
     throw perr(req.origins.bestEffort,

@@ -94,8 +94,10 @@ export interface Plan {
   /** Drop every capability (bounding, ambient, effective, permitted, inheritable) before exec. */
   dropCapabilities: boolean
   /**
-   * Mount a procfs of the sandbox's own on /proc (hidepid=invisible, in a new mount namespace): once
-   * the Landlock domain is in force it lists only the processes of that domain. Root only.
+   * Mount a procfs of the sandbox's own on /proc, in a new mount namespace. As root with
+   * hidepid=invisible: once the Landlock domain is in force it lists only the processes of that
+   * domain. Without root (process.others: hidden, not lock()) in a new PID namespace, whose init
+   * is a process of the helper's: it lists only the namespace's processes.
    */
   hideProcesses: boolean
   /**

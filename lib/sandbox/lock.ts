@@ -429,6 +429,6 @@ export async function lockWith(getPlan: (env: NodeJS.ProcessEnv) => Plan, deps: 
  * Confine this process (every thread) under the policy; see the module header. `policy` is a
  * policy file path or a policy object; omitted fields come from the default agent profile.
  */
-export function lock(policy: PolicyInput, opts: Omit<PrepareOptions, 'env'> = {}): Promise<LockReport> {
-  return lockWith((env) => preparePlan(policy, { ...opts, env }))
+export function lock(policy: PolicyInput, opts: Omit<PrepareOptions, 'env' | 'inPlace'> = {}): Promise<LockReport> {
+  return lockWith((env) => preparePlan(policy, { ...opts, env, inPlace: true }))
 }

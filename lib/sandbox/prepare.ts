@@ -18,6 +18,8 @@ export interface PrepareOptions {
   cwd?: string
   /** the environment the env pass list is applied to (default process.env) */
   env?: NodeJS.ProcessEnv
+  /** the plan is for lock(): it confines the calling process itself (CompileOptions.inPlace) */
+  inPlace?: boolean
 }
 
 const cache = new Map<string, Plan>()
@@ -25,13 +27,13 @@ const cache = new Map<string, Plan>()
 export function preparePlan(input: PolicyInput, opts: PrepareOptions = {}): Plan {
   const env = opts.env ?? process.env
   const cwd = opts.cwd ?? process.cwd()
-  const key = JSON.stringify([input, opts.workspace ?? null, cwd, env])
+  const key = JSON.stringify([input, opts.workspace ?? null, cwd, env, opts.inPlace === true])
   const hit = cache.get(key)
   if (hit) return hit
   const loadOpts: { workspace?: string; cwd?: string } = { cwd }
   if (opts.workspace !== undefined) loadOpts.workspace = opts.workspace
   const policy = loadPolicy(input as string | object, loadOpts)
-  const plan = compilePlan(policy, probe(), { env })
+  const plan = compilePlan(policy, probe(), { env, inPlace: opts.inPlace === true })
   if (cache.size >= 32) cache.delete(cache.keys().next().value as string)
   cache.set(key, plan)
   return plan

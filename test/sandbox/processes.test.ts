@@ -1,8 +1,9 @@
 /**
  * process.others: a sandbox started as root gets a procfs of its own (hidepid=invisible), so the
  * host's processes are not listed and their cmdline and status cannot be read; the sandbox's own
- * processes, /proc/self and the system files in /proc stay. The attacks run inside a confined child;
- * the same reads succeed with `others: visible`, which is what every sandbox had before.
+ * processes, /proc/self and the system files in /proc stay. Without root, `hidden` gets the same
+ * through a PID namespace of its own (last test). The attacks run inside a confined child; the
+ * same reads succeed with `others: visible`, which is what every sandbox had before.
  */
 import t from 'tap'
 import { spawn } from '../../lib/sandbox/spawn.js'
@@ -10,9 +11,14 @@ import { probe } from '../../lib/kernel/probe.js'
 import { compilePlan, loadPolicy } from '../../lib/policy/index.js'
 import { helperArgv } from '../../lib/sandbox/argv.js'
 import { tempDir } from '../fixtures/kernel/run.js'
+import { spawn as spawnChild, spawnSync } from 'node:child_process'
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+
+const ROOT = resolve(import.meta.dirname, '..', '..')
 
 const f = probe()
-const skip = f.landlockAbi === 0 ? 'Landlock is not available on this kernel' : !f.isRoot ? 'hiding other processes needs root (unprivileged sandboxes keep the host list: tested by the compile cases below)' : false
+const skip = f.landlockAbi === 0 ? 'Landlock is not available on this kernel' : !f.isRoot ? 'this case is the root one (hidepid); the unprivileged one is below' : false
 
 function run(policy: object, script: string, ws: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -79,11 +85,123 @@ t.test('compile: auto, hidden and visible, as root and not', async (t) => {
   t.same(plan(undefined, false).lost, [], 'and as non-root keeps them visible without a lost entry')
   t.equal(plan(undefined, false).hideProcesses, false)
   t.equal(plan('visible', true).hideProcesses, false, 'visible never hides')
-  const nr = plan('hidden', false)
-  t.equal(nr.hideProcesses, false)
-  t.match(nr.lost.join('\n'), /process\.others: hidden: the host's processes stay listed in \/proc .* needs root/, 'hidden as non-root: reported lost')
-  t.throws(() => plan('hidden', false, { requirements: { best_effort: false } }), /cannot enforce everything the policy asks \(best_effort is false\): .*process\.others: hidden/, 'and refused when nothing may be lost')
+  // without root: `hidden` gets a PID namespace (in a user namespace) where one can be made
+  const feat2 = (userNamespaces: boolean) => ({ ...f, landlockAbi: 7, isRoot: false, userNamespaces })
+  const plan2 = (others: string, userNamespaces: boolean, opts: { inPlace?: boolean } = {}, extra: object = {}) =>
+    compilePlan(loadPolicy({ filesystem: { workspace: ws }, process: { others }, ...extra }, { workspace: ws }), feat2(userNamespaces), opts)
+  const nr = plan2('hidden', true)
+  t.equal(nr.hideProcesses, true, 'hidden as non-root: hidden (a PID namespace of its own)')
+  t.same(nr.lost, [], 'nothing lost')
+  t.ok(helperArgv(nr).includes('--hide-processes'))
+  t.equal(plan2('auto', true).hideProcesses, false, 'auto as non-root does not make a PID namespace')
+  const noUserns = plan2('hidden', false)
+  t.equal(noUserns.hideProcesses, false)
+  t.match(noUserns.lost.join('\n'), /process\.others: hidden: the host's processes stay listed in \/proc .* user namespaces are not available/, 'without user namespaces: reported lost, saying why')
+  t.throws(() => plan2('hidden', false, {}, { requirements: { best_effort: false } }), /cannot enforce everything the policy asks \(best_effort is false\): .*process\.others: hidden/, 'and refused when nothing may be lost')
+  const inPlace = plan2('hidden', true, { inPlace: true })
+  t.equal(inPlace.hideProcesses, false, 'lock() (in place) cannot move the process it confines into a PID namespace')
+  t.match(inPlace.lost.join('\n'), /needs a PID namespace, which lock\(\) cannot give the process it confines/, 'and says so')
+  t.equal(compilePlan(loadPolicy({ filesystem: { workspace: ws }, process: { others: 'hidden' } }, { workspace: ws }), feat(true), { inPlace: true }).hideProcesses, true, 'as root lock() hides them (hidepid keeps the pid)')
   t.ok(helperArgv(plan('hidden', true)).includes('--hide-processes'), 'the helper is told to hide them')
   t.notOk(helperArgv(plan('visible', true)).includes('--hide-processes'))
   t.not(plan('hidden', true).hash, plan('visible', true).hash, 'the plan hash covers it')
+})
+
+/**
+ * Without root: `others: hidden` puts the sandbox in a PID namespace of its own (a user namespace
+ * owns it), with the helper's init as pid 1 and a procfs of that namespace on /proc. The attacks
+ * and the checks of what must still work (exit status, signals, no process outliving the sandbox)
+ * run in a launcher that is uid 65534 (setpriv), through spawn() of the built package.
+ */
+const dist = join(ROOT, 'dist', 'sandbox', 'spawn.js')
+const NOBODY = 65534
+function nonRootSkip(): string | false {
+  if (f.landlockAbi === 0) return 'Landlock is not available on this kernel'
+  if (!f.userNamespaces) return 'user namespaces are not available on this kernel'
+  if (!existsSync(dist)) return 'dist/ is not built (npm run build:ts)'
+  if (process.getuid?.() === 0 && spawnSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', 'test', '-r', dist]).status !== 0)
+    return `setpriv cannot run uid ${NOBODY}, or it cannot read ${dist}`
+  return false
+}
+
+t.test('without root, hidden: a PID namespace of its own; exit codes, signals and cleanup still work', { skip: nonRootSkip() }, async (t) => {
+  const dir = mkdtempSync('/var/tmp/cordon-pidns-')
+  chmodSync(dir, 0o755) // the launcher (uid 65534) reads its script here
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const ws = join(dir, 'ws')
+  mkdirSync(ws)
+  if (process.getuid?.() === 0) chownSync(ws, NOBODY, NOBODY)
+  const host = spawnChild('sleep', ['60'], { stdio: 'ignore' }) // a host process the sandbox must not see
+  t.teardown(() => host.kill())
+  const script = join(dir, 'launcher.mjs')
+  writeFileSync(script, `
+import { spawn } from ${JSON.stringify(dist)}
+import { execFileSync } from 'node:child_process'
+const ws = ${JSON.stringify(ws)}
+const out = {}
+const wait = (c) => new Promise((r) => c.on('close', (code, signal) => r({ code, signal })))
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const run = async (others, cmd, args, f) => {
+  const c = spawn({ process: { others } }, cmd, args, { workspace: ws, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = '', stderr = ''
+  c.stdout.on('data', (d) => (stdout += d)); c.stderr.on('data', (d) => (stderr += d))
+  if (f) await f(c)
+  return { ...(await wait(c)), stdout, stderr }
+}
+const alive = (tag) => execFileSync('ps', ['-eo', 'args']).toString().split('\\n').filter((l) => l.startsWith('sleep ' + tag)).length
+const LOOK = ${JSON.stringify(LOOK.replaceAll(String(process.pid), 'HOSTPID'))}.replaceAll('HOSTPID', String(${host.pid}))
+out.hidden = await run('hidden', 'sh', ['-c', LOOK])
+out.visible = await run('visible', 'sh', ['-c', LOOK])
+out.exit = await run('hidden', 'sh', ['-c', 'exit 7'])
+out.term = await run('hidden', 'sleep', ['30'], async (c) => { await sleep(300); c.kill('SIGTERM') })
+out.segv = await run('hidden', 'sh', ['-c', 'kill -SEGV $$'])
+out.usr1 = await run('hidden', 'sh', ['-c', 'n=0; trap "n=\\\\$((n+1))" USR1; i=0; while [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; echo $n'], async (c) => { await sleep(300); c.kill('SIGUSR1') })
+out.orphan = await run('hidden', 'sh', ['-c', '(sleep 4711 &); exit 3'])
+await sleep(100)
+out.orphanAlive = alive('4711')
+out.killed = await run('hidden', 'sh', ['-c', 'sleep 4712 & sleep 4713'], async (c) => { await sleep(400); out.beforeKill = alive('471'); c.kill('SIGKILL') })
+await sleep(200)
+out.afterKill = alive('471')
+// a launcher killed with SIGKILL (spawn's dieWithParent, as cordon run sets it) takes the sandbox along
+const mid = (await import('node:child_process')).spawn(process.execPath, ['--input-type=module', '-e', \`
+  const { spawn } = await import(\${JSON.stringify(${JSON.stringify(dist)})})
+  spawn({ process: { others: 'hidden' } }, 'sh', ['-c', 'sleep 4714 & sleep 4715'], { workspace: \${JSON.stringify(ws)}, stdio: 'ignore', dieWithParent: true })
+  setInterval(() => {}, 1000)\`], { stdio: 'ignore' })
+await sleep(800)
+out.beforeLauncherKill = alive('471')
+mid.kill('SIGKILL')
+await sleep(300)
+out.afterLauncherKill = alive('471')
+out.launcher = process.pid
+console.log(JSON.stringify(out))
+`)
+  const argv = process.getuid?.() === 0 ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, script] : [process.execPath, script]
+  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: ws, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
+  t.equal(r.status, 0, r.status === 0 ? `the launcher ran as uid ${process.getuid?.() === 0 ? NOBODY : process.getuid?.()}` : r.stderr)
+  const o = JSON.parse(r.stdout.trim().split('\n').pop()!)
+
+  t.equal(o.hidden.code, 0, o.hidden.stderr)
+  const h = parse(o.hidden.stdout)
+  const pids = h.pids!.trim().split(' ').map(Number)
+  t.equal(Number(h.self), 2, 'the program is pid 2 of its namespace (the helper\'s init is 1)')
+  t.ok(pids.length <= 6 && pids.every((p) => p < 20), `only the namespace's processes are listed (${h.pids})`)
+  t.equal(h.launcher_listed, 'no', 'a host process (pid ' + host.pid + ') is not listed')
+  t.equal(h.launcher_cmdline, 'unreadable', 'nor its cmdline readable')
+  t.equal(h.self_status, 'readable', '/proc/self still works')
+  t.equal(h.meminfo, 'readable', "the system's /proc files still work")
+  t.ok(h.after!.split(' ').map(Number).includes(Number(h.child)), 'a process the sandbox starts is listed')
+  t.equal(h.umount, 'refused', 'the sandbox cannot unmount its /proc')
+  t.equal(h.mount, 'refused', 'nor mount another')
+  t.equal(h.launcher_listed_after, 'no')
+  t.equal(o.visible.code, 0, o.visible.stderr)
+  t.equal(parse(o.visible.stdout).launcher_cmdline, 'readable', 'control: with others: visible the host process is readable')
+
+  t.same([o.exit.code, o.exit.signal], [7, null], 'the exit code comes through')
+  t.same([o.term.code, o.term.signal], [null, 'SIGTERM'], 'a SIGTERM to the sandbox reaches the program, which dies of it, and the launcher sees that')
+  t.same([o.segv.code, o.segv.signal], [null, 'SIGSEGV'], 'a program killed by a signal is reported killed by that signal')
+  t.same([o.usr1.code, o.usr1.stdout.trim()], [0, '1'], 'a signal the program handles is delivered once')
+  t.same([o.orphan.code, o.orphanAlive], [3, 0], 'a process the program left running ends with the sandbox')
+  t.equal(o.beforeKill, 2, 'the sandbox\'s processes run')
+  t.same([o.killed.signal, o.afterKill], ['SIGKILL', 0], 'SIGKILL of the process the launcher started ends every process of the sandbox')
+  t.same([o.beforeLauncherKill, o.afterLauncherKill], [2, 0], 'with dieWithParent, SIGKILL of the launcher itself ends them too')
 })
