@@ -231,6 +231,17 @@ static void pidns_mask(sigset_t *set) {
   sigaddset(set, SIGCHLD);
 }
 
+/* the next signal of `set`; on a failure other than EINTR, kills `victim` and exits 125 */
+static int next_signal(const sigset_t *set, siginfo_t *si, pid_t victim, const char *what) {
+  for (;;) {
+    int sig = sigwaitinfo(set, si);
+    if (sig >= 0) return sig;
+    if (errno == EINTR) continue;
+    kill(victim, SIGKILL);
+    die("hide-processes", what, errno);
+  }
+}
+
 /* outer: never returns */
 static void pidns_outer(pid_t init, int status_r, int die_with_parent, pid_t parent) {
   sigset_t set;
@@ -243,12 +254,7 @@ static void pidns_outer(pid_t init, int status_r, int die_with_parent, pid_t par
   }
   for (;;) {
     siginfo_t si;
-    int sig = sigwaitinfo(&set, &si);
-    if (sig < 0) {
-      if (errno == EINTR) continue;
-      kill(init, SIGKILL);
-      die("hide-processes", "sigwaitinfo", errno);
-    }
+    int sig = next_signal(&set, &si, init, "sigwaitinfo");
     if (sig != SIGCHLD) {
       if (si.si_code <= 0) { /* sent by a process, not by the kernel */
         siginfo_t q;
@@ -306,12 +312,7 @@ static void pidns_init(const struct sock_fprog *filter) {
   pidns_mask(&set);
   for (;;) {
     siginfo_t si;
-    int sig = sigwaitinfo(&set, &si);
-    if (sig < 0) {
-      if (errno == EINTR) continue;
-      kill(prog, SIGKILL);
-      die("hide-processes", "init: sigwaitinfo", errno);
-    }
+    int sig = next_signal(&set, &si, prog, "init: sigwaitinfo");
     if (sig != SIGCHLD) {
       if (si.si_code == SI_QUEUE && si.si_value.sival_int == FWD_MAGIC) kill(prog, sig);
       continue;

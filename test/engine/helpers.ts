@@ -315,3 +315,13 @@ export function hasIproute2(): boolean {
     return false
   }
 }
+
+/** Run a node -e script in a child process and parse the JSON it prints (test clients whose pid the gate must name). */
+export function nodeJson<T>(script: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    c.stdout!.on('data', (d) => (out += d))
+    c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`client exited ${code}: ${out}`))))
+  })
+}

@@ -15,7 +15,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { probe } from '../../lib/kernel/probe.js'
 import { Engine } from '../../lib/engine/engine.js'
 import { serveLookups } from '../../lib/engine/lookup-service.js'
-import { ROOT, startUpstream, readAudit } from './helpers.js'
+import { ROOT, startUpstream, readAudit, nodeJson } from './helpers.js'
 
 const f = probe()
 const bin = path.join(ROOT, 'bin', 'cordon.js')
@@ -36,12 +36,7 @@ function client(gatePort: number, n: number): Promise<{ pid: number; statuses: n
 const http = require('http'); const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 const one = (i) => new Promise((res, rej) => { const r = http.request({ host: '127.0.0.1', port: ${gatePort}, agent, path: 'http://api.example.com:${up.port}/n' + i }, (x) => { x.resume(); x.on('end', () => res(x.statusCode)) }); r.on('error', rej); r.end() });
 (async () => { const s = []; for (let i = 0; i < ${n}; i++) s.push(await one(i)); agent.destroy(); console.log(JSON.stringify({ pid: process.pid, statuses: s })) })()`
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    c.stdout!.on('data', (d) => (out += d))
-    c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`client exited ${code}: ${out}`))))
-  })
+  return nodeJson(script)
 }
 
 /** `cordon engine` under `cordon run` with the rights of profiles/services/engine.yaml (less seccomp) */

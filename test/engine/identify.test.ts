@@ -10,7 +10,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { Engine } from '../../lib/engine/engine.js'
-import { startUpstream, tmpdir, readAudit } from './helpers.js'
+import { startUpstream, tmpdir, readAudit, nodeJson } from './helpers.js'
 
 const up = await startUpstream('127.0.0.2')
 t.teardown(() => up.close())
@@ -28,12 +28,7 @@ function client(gatePort: number, n: number, keepAlive: boolean): Promise<{ pid:
 const http = require('http'); const agent = new http.Agent({ keepAlive: ${keepAlive}, maxSockets: 1 });
 const one = (i) => new Promise((res, rej) => { const r = http.request({ host: '127.0.0.1', port: ${gatePort}, agent, path: 'http://api.example.com:${up.port}/n' + i, headers: { host: 'api.example.com' } }, (x) => { x.resume(); x.on('end', () => res(x.statusCode)) }); r.on('error', rej); r.end() });
 (async () => { const s = []; for (let i = 0; i < ${n}; i++) s.push(await one(i)); agent.destroy(); console.log(JSON.stringify({ pid: process.pid, statuses: s })) })()`
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    c.stdout!.on('data', (d) => (out += d))
-    c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`client exited ${code}: ${out}`))))
-  })
+  return nodeJson(script)
 }
 
 async function withEngine(name: string, opts: Partial<ConstructorParameters<typeof Engine>[0]>, f: (e: Engine, port: number, audit: string) => Promise<void>): Promise<void> {
