@@ -443,6 +443,9 @@ function openRelay(o: RelayOptions): net.Socket {
   return up
 }
 
+/** remote client lookups (--identify-via) waiting at once; more new connections are skipped */
+const REMOTE_IN_FLIGHT = 16
+
 export class Engine {
   readonly opts: EngineOptions
   policy!: LoadedPolicy
@@ -1059,7 +1062,9 @@ export class Engine {
     const t0 = performance.now()
     this.idBudgetMs = Math.min(this.idBudgetCap, this.idBudgetMs + (t0 - this.idRefill) * this.idShare)
     this.idRefill = t0
-    if (this.idBudgetMs <= 0) {
+    // the budget is debited when a lookup settles: a burst of new connections would all pass it
+    // before the first remote answer, so at most REMOTE_IN_FLIGHT remote lookups wait at a time
+    if (this.idBudgetMs <= 0 || (this.remoteLookup && this.remoteLookup.inFlight >= REMOTE_IN_FLIGHT)) {
       this.mLookups.inc({ result: 'skipped' })
       return 'skipped'
     }

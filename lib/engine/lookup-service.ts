@@ -138,6 +138,11 @@ export class RemoteLookup {
   /** lookups that got no answer (unreachable, closed, timed out) */
   failures = 0
 
+  /** lookups waiting for their answer */
+  get inFlight(): number {
+    return this.waiting.size
+  }
+
   constructor(
     readonly path: string,
     readonly timeoutMs = 100,

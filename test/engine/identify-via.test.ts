@@ -139,6 +139,41 @@ t.test('a lookup service that is gone or silent costs a bounded wait and names n
   t.ok(held.length >= 1, 'the engine did ask it')
 })
 
+t.test('a burst of new connections keeps at most 16 remote lookups waiting; the rest are skipped', async (t) => {
+  const sock = path.join(dir, 'slow.sock')
+  let queries = 0
+  const held: net.Socket[] = []
+  const slow = net.createServer((s) => {
+    held.push(s)
+    s.on('data', (d) => (queries += String(d).split('\n').filter(Boolean).length))
+  })
+  await new Promise<void>((r) => slow.listen(sock, () => r()))
+  t.teardown(() => {
+    for (const s of held) s.destroy()
+    slow.close()
+  })
+  const audit = path.join(dir, 'burst.jsonl')
+  const e = new Engine({ policyFile, listen: { host: '127.0.0.1', port: 0 }, audit, hosts: { 'api.example.com': ['127.0.0.2'] }, watch: false, identify: 'all', identifyVia: sock })
+  const g = await e.start()
+  try {
+    const n = 40
+    const c = await nodeJson<{ statuses: number[] }>(`
+const http = require('http'); const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+const one = (i) => new Promise((res, rej) => { const r = http.request({ host: '127.0.0.1', port: ${g.port}, agent, path: 'http://api.example.com:${up.port}/b' + i }, (x) => { x.resume(); x.on('end', () => res(x.statusCode)) }); r.on('error', rej); r.end() });
+Promise.all(Array.from({ length: ${n} }, (_, i) => one(i))).then((s) => console.log(JSON.stringify({ statuses: s })))`)
+    t.same(c.statuses, Array(n).fill(200), 'every request is served')
+    const m = await e.metrics.getSingleMetricAsString('cordon_engine_peer_lookups_total')
+    const v = (r: string) => Number(m.split('\n').find((l) => l.includes(`result="${r}"`))?.split(' ').pop() ?? 0)
+    t.ok(queries <= 16, `the service was asked at most 16 times at once (${queries})`)
+    t.equal(v('unknown') + v('skipped'), n, `each connection is either an unanswered lookup or a skip (${v('unknown')} + ${v('skipped')})`)
+    t.ok(v('skipped') >= n - 16, 'the rest were skipped')
+    const recs = readAudit(audit).filter((r) => r.type === 'decision')
+    t.equal(recs.filter((r) => r.peer_lookup === 'skipped').length, v('skipped'), 'and their records say so')
+  } finally {
+    await e.stop()
+  }
+})
+
 t.test('the lookup service closes a connection that does not send queries, and keeps serving', async (t) => {
   const sock = path.join(dir, 'strict.sock')
   const svc = await serveLookups(sock, () => ({ pid: 4242, binary: '/bin/fake' }))
