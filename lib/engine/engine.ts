@@ -78,6 +78,8 @@ export interface EngineOptions {
    * lookup-service.ts: a confined engine may not read other domains' /proc links) instead of /proc
    */
   identifyVia?: string
+  /** how long a connection's first decision waits for the lookup service's answer, ms (default 100) */
+  identifyViaTimeoutMs?: number
   watch?: boolean
   headersTimeoutMs?: number
   requestTimeoutMs?: number
@@ -491,7 +493,7 @@ export class Engine {
     this.idBudgetMs = this.idBudgetCap
     this.audit = new AuditLog(opts.audit ?? null, opts.auditSync ?? 'always')
     this.upstream = new Agent({ connections: 256, keepAliveTimeout: 60_000 }) // undici sets TCP_NODELAY on its sockets
-    this.remoteLookup = opts.identifyVia && opts.identify !== 'none' ? new RemoteLookup(opts.identifyVia) : null
+    this.remoteLookup = opts.identifyVia && opts.identify !== 'none' ? new RemoteLookup(opts.identifyVia, opts.identifyViaTimeoutMs ?? 100) : null
     this.upstreamTimeoutMs = Math.min(opts.tunnelIdleMs ?? 3_600_000, 3_600_000)
     if (opts.router) this.services.set('inference.local', opts.router)
     if (opts.gateway) this.services.set('gateway.local', opts.gateway)

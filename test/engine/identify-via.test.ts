@@ -153,7 +153,8 @@ t.test('a burst of new connections keeps at most 16 remote lookups waiting; the 
     slow.close()
   })
   const audit = path.join(dir, 'burst.jsonl')
-  const e = new Engine({ policyFile, listen: { host: '127.0.0.1', port: 0 }, audit, hosts: { 'api.example.com': ['127.0.0.2'] }, watch: false, identify: 'all', identifyVia: sock })
+  // answers never come, and none times out during the burst, however slowly the client opens its connections
+  const e = new Engine({ policyFile, listen: { host: '127.0.0.1', port: 0 }, audit, hosts: { 'api.example.com': ['127.0.0.2'] }, watch: false, identify: 'all', identifyVia: sock, identifyViaTimeoutMs: 3_000 })
   const g = await e.start()
   try {
     const n = 40
@@ -164,9 +165,8 @@ Promise.all(Array.from({ length: ${n} }, (_, i) => one(i))).then((s) => console.
     t.same(c.statuses, Array(n).fill(200), 'every request is served')
     const m = await e.metrics.getSingleMetricAsString('cordon_engine_peer_lookups_total')
     const v = (r: string) => Number(m.split('\n').find((l) => l.includes(`result="${r}"`))?.split(' ').pop() ?? 0)
-    t.ok(queries <= 16, `the service was asked at most 16 times at once (${queries})`)
-    t.equal(v('unknown') + v('skipped'), n, `each connection is either an unanswered lookup or a skip (${v('unknown')} + ${v('skipped')})`)
-    t.ok(v('skipped') >= n - 16, 'the rest were skipped')
+    t.equal(queries, 16, 'the service was asked 16 times')
+    t.same([v('unknown'), v('skipped')], [16, n - 16], 'those 16 connections waited for it (and got no answer); the other 24 were skipped')
     const recs = readAudit(audit).filter((r) => r.type === 'decision')
     t.equal(recs.filter((r) => r.peer_lookup === 'skipped').length, v('skipped'), 'and their records say so')
   } finally {
