@@ -27,7 +27,9 @@
  *                                Landlock domain is in force, the kernel hides every process the
  *                                program may not ptrace-read, i.e. every process outside its domain.
  *                                Without root (in a user namespace a procfs can be mounted only for
- *                                a PID namespace it owns), in a new PID namespace: see pid_namespace()
+ *                                a PID namespace it owns), in a new PID namespace (see pidns_outer()).
+ *   --hide-processes-try         the same, but without root, where the kernel refuses the user or PID
+ *                                namespace or the procfs, go on with the host's list (policy `auto`)
  *   --die-with-parent            the program gets SIGKILL when the process that started cordon-exec
  *                                dies (PR_SET_PDEATHSIG, set after every credential change)
  *                                once /tmp is replaced (bind-mounted back; e.g. a workspace in /tmp)
@@ -331,7 +333,7 @@ static void pidns_init(const struct sock_fprog *filter) {
 int main(int argc, char **argv) {
   int i, prog = -1;
   const char *netns_path = NULL, *private_tmp = NULL, *seccomp_hex = NULL;
-  int netns_new = 0, drop = 0, have_ll = 0, die_with_parent = 0, hide_procs = 0;
+  int netns_new = 0, drop = 0, have_ll = 0, die_with_parent = 0, hide_procs = 0, hide_try = 0;
   pid_t parent = getppid();
   uint64_t ll_fs = 0, ll_net = 0, ll_scope = 0, ll_flags = 0;
 
@@ -364,6 +366,7 @@ int main(int argc, char **argv) {
     }
     else if (!strcmp(a, "--drop-caps")) drop = 1;
     else if (!strcmp(a, "--hide-processes")) hide_procs = 1;
+    else if (!strcmp(a, "--hide-processes-try")) hide_procs = hide_try = 1;
     else if (!strcmp(a, "--ll-fs")) { NEEDV(); ll_fs = num(v, a); have_ll = 1; }
     else if (!strcmp(a, "--ll-net")) { NEEDV(); ll_net = num(v, a); have_ll = 1; }
     else if (!strcmp(a, "--ll-scope")) { NEEDV(); ll_scope = num(v, a); have_ll = 1; }
@@ -427,13 +430,19 @@ int main(int argc, char **argv) {
     uid_t uid = geteuid();
     gid_t gid = getegid();
     char map[64];
-    if (unshare(CLONE_NEWUSER) != 0) die("userns", "unshare(CLONE_NEWUSER)", errno);
+    int only_pidns = !netns_new && !private_tmp;
+    if (unshare(CLONE_NEWUSER) != 0) {
+      if (!(hide_try && only_pidns)) die("userns", "unshare(CLONE_NEWUSER)", errno);
+      pidns = hide_procs = 0; /* --hide-processes-try: the host's list stays */
+      goto no_userns;
+    }
     write_file("/proc/self/setgroups", "deny");
     snprintf(map, sizeof map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
     write_file("/proc/self/uid_map", map);
     snprintf(map, sizeof map, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
     write_file("/proc/self/gid_map", map);
   }
+no_userns:
   if (netns_new) {
     if (unshare(CLONE_NEWNET) != 0) die("netns", "unshare(CLONE_NEWNET)", errno);
     loopback_up();
@@ -448,7 +457,11 @@ int main(int argc, char **argv) {
   if (pidns) {
     int status_p[2], life_p[2];
     sigset_t set;
-    if (unshare(CLONE_NEWPID) != 0) die("hide-processes", "unshare(CLONE_NEWPID)", errno);
+    if (unshare(CLONE_NEWPID) != 0) {
+      if (!hide_try) die("hide-processes", "unshare(CLONE_NEWPID)", errno);
+      pidns = hide_procs = 0;
+      goto no_pidns;
+    }
     if (pipe2(status_p, O_CLOEXEC) != 0 || pipe2(life_p, O_CLOEXEC) != 0) die("hide-processes", "pipe", errno);
     pidns_mask(&set);
     if (sigprocmask(SIG_BLOCK, &set, &pidns_old_mask) != 0) die("hide-processes", "sigprocmask", errno);
@@ -464,6 +477,7 @@ int main(int argc, char **argv) {
     pidns_status_w = status_p[1];
     pidns_life_r = life_p[0];
   }
+no_pidns:
 
   /* 4. mount namespace: a private /tmp, a /proc that hides other processes */
   if (private_tmp || hide_procs) {
@@ -508,7 +522,7 @@ int main(int argc, char **argv) {
     die("hide-processes", "mount a new procfs on /proc (hidepid=invisible)", errno);
   /* the PID namespace's own procfs lists its processes only (the kernel refuses it when the host's
      /proc is not fully visible here, e.g. in a container that masks parts of it) */
-  if (pidns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+  if (pidns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0 && !hide_try)
     die("hide-processes", "mount the PID namespace's procfs on /proc", errno);
 
   /* 5. capabilities */

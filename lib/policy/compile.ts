@@ -233,11 +233,12 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
   // other processes: as root, a procfs of the sandbox's own with hidepid=invisible lists only what
   // the sandbox may ptrace-read, which under Landlock is its own domain. Without root a procfs can
   // be mounted only for a PID namespace the sandbox's user namespace owns, so the helper makes one
-  // (its init and the program inside, native/cordon-exec.c): `hidden` asks for that, `auto` does not
-  // (a new PID namespace changes the pid and the signal path, and containers often refuse it)
+  // (its init and the program inside, native/cordon-exec.c); on `auto` it falls back to the host's
+  // list where the kernel refuses that (containers often do), on `hidden` it refuses to run
   const others = policy.process.others
-  const unprivileged = others === 'hidden' && !features.isRoot && !opts.inPlace && features.userNamespaces
+  const unprivileged = others !== 'visible' && !features.isRoot && !opts.inPlace && features.userNamespaces
   const hideProcesses = others !== 'visible' && landlock !== null && (features.isRoot || unprivileged)
+  const hideProcessesBestEffort = hideProcesses && !features.isRoot && others === 'auto'
   if (others === 'hidden' && !hideProcesses)
     lost.push(`process.others: hidden: the host's processes stay listed in /proc (their cmdline and status readable), because ${
       !landlock ? 'hiding them relies on Landlock'
@@ -293,6 +294,7 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
     rlimits: compileRlimits(policy.process.rlimits),
     dropCapabilities: policy.process.capabilities === 'none',
     hideProcesses,
+    ...(hideProcessesBestEffort ? { hideProcessesBestEffort } : {}),
     probePath,
     lost,
   }

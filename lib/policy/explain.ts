@@ -166,7 +166,7 @@ export function explainPlan(plan: Plan, policy: ResolvedPolicy): string {
   for (const k of envNames) say(`    ${k}=${plan.env[k]}`)
   say(`  rlimits: ${plan.rlimits.length ? plan.rlimits.map((r) => `${r.resource}=${r.soft === r.hard ? fmt(r.soft) : `${fmt(r.soft)}/${fmt(r.hard)}`}`).join(', ') : '(inherited)'}`)
   say(`  capabilities: ${plan.dropCapabilities ? 'all dropped; no_new_privs set' : 'kept'}`)
-  say(`  other processes: ${plan.hideProcesses ? "hidden (/proc is a procfs of the sandbox's own: only its processes are listed)" : "visible in /proc (cmdline and status; environ, fd and mem stay out of reach under Landlock)"}`)
+  say(`  other processes: ${plan.hideProcesses ? `hidden (/proc is a procfs of the sandbox's own: only its processes are listed${plan.hideProcessesBestEffort ? "; without root, where the kernel lets this user make a PID namespace, else visible" : ''})` : "visible in /proc (cmdline and status; environ, fd and mem stay out of reach under Landlock)"}`)
   say()
 
   const warnings = planWarnings(plan)

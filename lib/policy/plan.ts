@@ -101,6 +101,12 @@ export interface Plan {
    */
   hideProcesses: boolean
   /**
+   * Without root on `auto`: the helper tries the PID namespace, and where the kernel refuses it
+   * (a container's seccomp filter, a namespace limit, a /proc it may not mount) the host's
+   * processes stay listed, as `auto` promises no more. `hidden` never gets this.
+   */
+  hideProcessesBestEffort?: boolean
+  /**
    * An existing path that no rule grants read access to; the second run of lock() opens it to
    * verify Landlock is in force (expects EACCES). null when the policy grants everything.
    */

@@ -40,7 +40,7 @@ export function helperArgv(plan: Plan): string[] {
     const outer = cands.filter((p) => !cands.some((q) => q !== p && under(p, q)))
     for (const p of outer.sort()) a.push('--keep-path', p)
   }
-  if (plan.hideProcesses) a.push('--hide-processes')
+  if (plan.hideProcesses) a.push(plan.hideProcessesBestEffort ? '--hide-processes-try' : '--hide-processes')
   if (plan.dropCapabilities) a.push('--drop-caps')
   const ll = plan.landlock
   if (ll) {

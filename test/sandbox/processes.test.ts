@@ -82,8 +82,7 @@ t.test('compile: auto, hidden and visible, as root and not', async (t) => {
   const plan = (others: string | undefined, isRoot: boolean, extra: object = {}, abi = 7) =>
     compilePlan(loadPolicy({ filesystem: { workspace: ws }, ...(others ? { process: { others } } : {}), ...extra }, { workspace: ws }), feat(isRoot, abi))
   t.equal(plan(undefined, true).hideProcesses, true, 'the default (auto) hides them as root')
-  t.same(plan(undefined, false).lost, [], 'and as non-root keeps them visible without a lost entry')
-  t.equal(plan(undefined, false).hideProcesses, false)
+  t.notOk(plan(undefined, true).hideProcessesBestEffort, 'and insists')
   t.equal(plan('visible', true).hideProcesses, false, 'visible never hides')
   // without root: `hidden` gets a PID namespace (in a user namespace) where one can be made
   const feat2 = (userNamespaces: boolean) => ({ ...f, landlockAbi: 7, isRoot: false, userNamespaces })
@@ -92,8 +91,12 @@ t.test('compile: auto, hidden and visible, as root and not', async (t) => {
   const nr = plan2('hidden', true)
   t.equal(nr.hideProcesses, true, 'hidden as non-root: hidden (a PID namespace of its own)')
   t.same(nr.lost, [], 'nothing lost')
-  t.ok(helperArgv(nr).includes('--hide-processes'))
-  t.equal(plan2('auto', true).hideProcesses, false, 'auto as non-root does not make a PID namespace')
+  t.ok(helperArgv(nr).includes('--hide-processes') && !helperArgv(nr).includes('--hide-processes-try'), 'the helper must hide them or refuse')
+  const auto = plan2('auto', true)
+  t.same([auto.hideProcesses, auto.hideProcessesBestEffort, auto.lost], [true, true, []], 'auto as non-root: a PID namespace where the kernel allows one')
+  t.ok(helperArgv(auto).includes('--hide-processes-try'), 'the helper may go on with the host list where the kernel refuses it')
+  t.same([plan2('auto', false).hideProcesses, plan2('auto', false).lost], [false, []], 'auto without user namespaces: visible, nothing reported lost')
+  t.same([plan2('auto', true, { inPlace: true }).hideProcesses, plan2('auto', true, { inPlace: true }).lost], [false, []], 'auto in lock() without root: visible, nothing reported lost')
   const noUserns = plan2('hidden', false)
   t.equal(noUserns.hideProcesses, false)
   t.match(noUserns.lost.join('\n'), /process\.others: hidden: the host's processes stay listed in \/proc .* user namespaces are not available/, 'without user namespaces: reported lost, saying why')
@@ -151,6 +154,7 @@ const run = async (others, cmd, args, f) => {
 const alive = (tag) => execFileSync('ps', ['-eo', 'args']).toString().split('\\n').filter((l) => l.startsWith('sleep ' + tag)).length
 const LOOK = ${JSON.stringify(LOOK.replaceAll(String(process.pid), 'HOSTPID'))}.replaceAll('HOSTPID', String(${host.pid}))
 out.hidden = await run('hidden', 'sh', ['-c', LOOK])
+out.auto = await run('auto', 'sh', ['-c', LOOK])
 out.visible = await run('visible', 'sh', ['-c', LOOK])
 out.exit = await run('hidden', 'sh', ['-c', 'exit 7'])
 out.term = await run('hidden', 'sleep', ['30'], async (c) => { await sleep(300); c.kill('SIGTERM') })
@@ -193,6 +197,9 @@ console.log(JSON.stringify(out))
   t.equal(h.umount, 'refused', 'the sandbox cannot unmount its /proc')
   t.equal(h.mount, 'refused', 'nor mount another')
   t.equal(h.launcher_listed_after, 'no')
+  t.equal(o.auto.code, 0, o.auto.stderr)
+  const a = parse(o.auto.stdout)
+  t.same([a.self, a.launcher_listed, a.launcher_cmdline], ['2', 'no', 'unreadable'], 'the default (auto) does the same where it can')
   t.equal(o.visible.code, 0, o.visible.stderr)
   t.equal(parse(o.visible.stdout).launcher_cmdline, 'readable', 'control: with others: visible the host process is readable')
 
@@ -204,4 +211,36 @@ console.log(JSON.stringify(out))
   t.equal(o.beforeKill, 2, 'the sandbox\'s processes run')
   t.same([o.killed.signal, o.afterKill], ['SIGKILL', 0], 'SIGKILL of the process the launcher started ends every process of the sandbox')
   t.same([o.beforeLauncherKill, o.afterLauncherKill], [2, 0], 'with dieWithParent, SIGKILL of the launcher itself ends them too')
+})
+
+t.test('without root where the kernel refuses a PID namespace: auto runs with the host list, hidden refuses', { skip: nonRootSkip() || (spawnSync('unshare', ['--help'], { encoding: 'utf8' }).stdout.includes('--map-user') ? false : 'util-linux unshare has no --map-user') }, async (t) => {
+  const dir = mkdtempSync('/var/tmp/cordon-pidns-limit-')
+  chmodSync(dir, 0o755)
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const ws = join(dir, 'ws')
+  mkdirSync(ws, { mode: 0o777 })
+  chmodSync(ws, 0o777) // written by an unmapped uid (seen as nobody)
+  const script = join(dir, 'launcher.mjs')
+  writeFileSync(script, `
+import { spawn } from ${JSON.stringify(dist)}
+const wait = (c) => new Promise((r) => { let o = '', e = ''; c.stdout.on('data', (d) => (o += d)); c.stderr.on('data', (d) => (e += d)); c.on('close', (code) => r({ code, out: o.trim(), err: e.trim() })) })
+const look = 'echo self=$$; ls /proc | grep -cE "^[0-9]+$"'
+const out = {}
+for (const others of ['auto', 'hidden']) out[others] = await wait(spawn({ process: { others } }, 'sh', ['-c', look], { workspace: ${JSON.stringify(ws)}, stdio: ['ignore', 'pipe', 'pipe'] }))
+console.log(JSON.stringify(out))
+`)
+  // a user namespace whose limit on PID namespaces is 0 (its root may set it), then one more level
+  // so that the launcher is not root there: everything below it is refused a PID namespace
+  const inner = `echo 0 > /proc/sys/user/max_pid_namespaces && exec unshare -U --map-user=${NOBODY + 1} --map-group=${NOBODY + 1} ${process.execPath} ${script}`
+  const outer = ['unshare', '-U', '--map-root-user', 'sh', '-c', inner]
+  const argv = process.getuid?.() === 0 ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...outer] : outer
+  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: ws, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
+  t.equal(r.status, 0, r.status === 0 ? 'the launcher ran in a user namespace limited to 0 PID namespaces' : r.stderr)
+  const o = JSON.parse(r.stdout.trim().split('\n').pop()!)
+  t.equal(o.auto.code, 0, `auto: the program runs (${o.auto.err})`)
+  t.notMatch(o.auto.out, /self=2\b/, 'auto: not in a PID namespace of its own')
+  t.ok(Number(o.auto.out.split('\n').pop()) > 20, 'auto: the host list stays visible, as auto promises no more')
+  t.equal(o.hidden.code, 125, 'hidden: cordon refuses to run the program')
+  t.match(o.hidden.err, /cordon: hide-processes: unshare\(CLONE_NEWPID\): No space left on device/, 'and says which step the kernel refused')
+  t.equal(o.hidden.out, '', 'the program never ran')
 })
