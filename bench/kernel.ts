@@ -2,6 +2,7 @@
  * Kernel enforcement costs, each against a baseline measured in the same run:
  *  1. spawn of /bin/true: child_process.spawn vs cordon spawn() (default agent policy: helper,
  *     Landlock, seccomp, a fresh network namespace, private /tmp), interleaved, median of N runs;
+ *     1c. the same without root, where the default policy adds a PID namespace;
  *  2. lock() latency (re-exec path below Landlock ABI 8): node + tsx start with vs without lock();
  *  3. syscall cost: a getpid() loop (a tiny C program built here) with and without the agent filter.
  * Usage: npx tsx bench/kernel.ts [--runs N]   (run on an otherwise idle machine: the load average is printed)
@@ -109,16 +110,56 @@ if (cpuRes.status === 0) {
   console.log('')
 } else console.log(`1b. skipped: python3 failed: ${cpuRes.stderr.trim()}\n`)
 
-// 2. lock() latency, measured from a parent: a plain-JS launcher (bundled here with esbuild, as
-// a real launcher would run compiled code) started with vs without lock().
 const benchDir = join(REPO, 'build', 'bench') // inside the package: cordon's own files must be readable after lock()
 mkdirSync(benchDir, { recursive: true })
+const esbuild = (await import('esbuild')) as typeof import('esbuild')
+
+// 1c. Without root: spawn() of the default policy puts the sandbox in a PID namespace of its own
+// (process.others: auto; an outer process, an init and the program), against others: visible and
+// a plain spawn, interleaved, in a launcher run as uid 65534 (setpriv) when this bench runs as root
+{
+  const NOBODY = 65534
+  const asNobody = process.getuid?.() === 0
+  const spawnerSrc = join(benchDir, 'spawner-src.ts')
+  const spawner = join(benchDir, 'spawner.mjs')
+  writeFileSync(spawnerSrc, `import { spawn } from '${join(REPO, 'lib/sandbox/spawn.ts')}'
+import { spawn as cp } from 'node:child_process'
+const [ws, n] = [process.argv[2]!, Number(process.argv[3])]
+const time = (f: () => import('node:child_process').ChildProcess) => new Promise<number>((r) => { const t0 = performance.now(); f().on('close', () => r(performance.now() - t0)) })
+const v: Record<string, () => import('node:child_process').ChildProcess> = {
+  plain: () => cp('/bin/true', [], { stdio: 'ignore' }),
+  auto: () => spawn({}, '/bin/true', [], { workspace: ws, stdio: 'ignore' }),
+  visible: () => spawn({ process: { others: 'visible' } }, '/bin/true', [], { workspace: ws, stdio: 'ignore' }),
+}
+const out: Record<string, number[]> = { plain: [], auto: [], visible: [] }
+for (let i = 0; i < 10; i++) for (const k in v) await time(v[k]!)
+for (let i = 0; i < n; i++) for (const k in v) out[k]!.push(await time(v[k]!))
+console.log(JSON.stringify(out))
+`)
+  esbuild.buildSync({ entryPoints: [spawnerSrc], bundle: true, platform: 'node', format: 'esm', outfile: spawner, packages: 'external', logLevel: 'error' })
+  const nws = mkdtempSync('/var/tmp/cordon-bench-nonroot-')
+  execFileSync('chmod', ['0777', nws])
+  const argv = asNobody ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, spawner, nws, String(Math.min(RUNS, 200))] : [process.execPath, spawner, nws, String(Math.min(RUNS, 200))]
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', cwd: nws, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
+  rmSync(nws, { recursive: true, force: true })
+  if (r.status === 0) {
+    const o = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, number[]>
+    const p = median(o.plain!)
+    console.log(`1c. without root (uid ${asNobody ? NOBODY : process.getuid?.()}), spawn /bin/true with the default agent policy (interleaved, median of ${o.plain!.length})`)
+    console.log(`   ${'child_process.spawn'.padEnd(38)} median ${fmt(p)}`)
+    console.log(`   ${'others: auto (a PID namespace)'.padEnd(38)} median ${fmt(median(o.auto!))} (+${fmt(median(o.auto!) - p)})`)
+    console.log(`   ${'others: visible (no PID namespace)'.padEnd(38)} median ${fmt(median(o.visible!))} (+${fmt(median(o.visible!) - p)})`)
+    console.log(`   the PID namespace adds ${fmt(median(o.auto!) - median(o.visible!))}\n`)
+  } else console.log(`1c. skipped: the uid ${NOBODY} launcher failed (it must be able to read ${REPO}): ${r.stderr.trim().slice(-300)}\n`)
+}
+
+// 2. lock() latency, measured from a parent: a plain-JS launcher (bundled here with esbuild, as
+// a real launcher would run compiled code) started with vs without lock().
 const entry = join(benchDir, 'locker-src.ts')
 const script = join(benchDir, 'locker.mjs')
 writeFileSync(entry, `import { lock } from '${join(REPO, 'lib/sandbox/lock.ts')}'
 if (process.argv[2] === 'lock') await lock({ filesystem: { workspace: '${ws}', read_only: ['${REPO}'] } })
 `)
-const esbuild = (await import('esbuild')) as typeof import('esbuild')
 esbuild.buildSync({ entryPoints: [entry], bundle: true, platform: 'node', format: 'esm', outfile: script, packages: 'external', logLevel: 'error' })
 const LOCK_RUNS = 21
 const base: number[] = []
