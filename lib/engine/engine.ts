@@ -1051,11 +1051,9 @@ export class Engine {
    * new connections, each from a new process where a lookup walks /proc, cannot stall the gate.
    * While the budget is spent the answer is 'skipped' (the audit record says so) and the connection
    * is looked up again at its next decision.
-   */
-  /**
-   * The client process of a connection, looked up once (within the time budget): through /proc, or
-   * with --identify-via through the lookup service of a process that may read it (lib/engine/
-   * lookup-service.ts), which returns a promise. Concurrent decisions on one connection share one lookup.
+   * With --identify-via the lookup is asked of the lookup service of a process that may read /proc
+   * for it (lib/engine/lookup-service.ts) and this returns a promise; its wall time is debited.
+   * Concurrent decisions on one connection share one lookup.
    */
   private identify(conn: ConnState): PeerProcess | null | 'skipped' | Promise<PeerProcess | null | 'skipped'> {
     if (conn.peer !== undefined) return conn.peer
