@@ -1055,7 +1055,7 @@ export class Engine {
    * for it (lib/engine/lookup-service.ts) and this returns a promise; its wall time is debited.
    * Concurrent decisions on one connection share one lookup.
    */
-  private identify(conn: ConnState): PeerProcess | null | 'skipped' | Promise<PeerProcess | null | 'skipped'> {
+  private identify(conn: ConnState): PeerProcess | null | 'skipped' | Promise<PeerProcess | null> {
     if (conn.peer !== undefined) return conn.peer
     if (conn.peerLookup) return conn.peerLookup
     if (this.opts.identify === 'none' || conn.clientAddr === 'unix') return (conn.peer = null)

@@ -68,31 +68,22 @@ export async function serveLookups(path: string, find: (q: LookupQuery) => PeerP
     conns.add(s)
     s.once('close', () => conns.delete(s))
     s.on('error', () => s.destroy())
-    let buf = ''
-    s.setEncoding('utf8')
-    s.on('data', (chunk: string) => {
-      buf += chunk
-      let nl: number
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl)
-        buf = buf.slice(nl + 1)
-        let q: unknown
-        try {
-          q = JSON.parse(line)
-        } catch {
-          q = null
-        }
-        if (!validQuery(q)) return void s.destroy() // not our engine speaking: say nothing
-        let found: PeerProcess | null = null
-        try {
-          found = find(q)
-        } catch {
-          /* an unreadable /proc: unknown */
-        }
-        answered[found ? 'found' : 'unknown']++
-        s.write(JSON.stringify(found ? { id: q.id, pid: found.pid, binary: found.binary } : { id: q.id, pid: null }) + '\n')
+    onLines(s, MAX_LINE, (line) => {
+      let q: unknown
+      try {
+        q = JSON.parse(line)
+      } catch {
+        q = null
       }
-      if (buf.length > MAX_LINE) s.destroy()
+      if (!validQuery(q)) return false // not our engine speaking: say nothing
+      let found: PeerProcess | null = null
+      try {
+        found = find(q)
+      } catch {
+        /* an unreadable /proc: unknown */
+      }
+      answered[found ? 'found' : 'unknown']++
+      s.write(JSON.stringify(found ? { id: q.id, pid: found.pid, binary: found.binary } : { id: q.id, pid: null }) + '\n')
     })
   })
   await new Promise<void>((resolve, reject) => {
@@ -119,6 +110,23 @@ export async function serveLookups(path: string, find: (q: LookupQuery) => PeerP
   }
 }
 
+/** Call `line` for each newline-terminated line `s` receives; destroy `s` when `line` returns false
+ * or the unterminated rest grows beyond `max` characters. */
+function onLines(s: net.Socket, max: number, line: (l: string) => boolean | void): void {
+  let buf = ''
+  s.setEncoding('utf8')
+  s.on('data', (chunk: string) => {
+    buf += chunk
+    let nl: number
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const l = buf.slice(0, nl)
+      buf = buf.slice(nl + 1)
+      if (line(l) === false) return void s.destroy()
+    }
+    if (buf.length > max) s.destroy()
+  })
+}
+
 function defaultFind(q: LookupQuery): PeerProcess | null {
   return findPeerProcess(q.client, q.clientPort, q.gate, q.gatePort, q.elsewhere)
 }
@@ -130,13 +138,9 @@ function defaultFind(q: LookupQuery): PeerProcess | null {
  */
 export class RemoteLookup {
   private sock: net.Socket | null = null
-  /** the queries written to the current socket: failed when it closes */
-  private ids = new Set<number>()
-  private buf = ''
   private nextId = 1
-  private readonly waiting = new Map<number, (p: PeerProcess | null, failed: boolean) => void>()
-  /** lookups that got no answer (unreachable, closed, timed out) */
-  failures = 0
+  /** queries waiting for their answer, and the socket each was written to */
+  private readonly waiting = new Map<number, { sock: net.Socket; finish: (p: PeerProcess | null) => void }>()
 
   /** lookups waiting for their answer */
   get inFlight(): number {
@@ -151,34 +155,22 @@ export class RemoteLookup {
   private connect(): net.Socket {
     if (this.sock && !this.sock.destroyed) return this.sock
     const s = net.connect(this.path)
-    const ids = new Set<number>()
     this.sock = s
-    this.ids = ids
-    this.buf = ''
-    s.setEncoding('utf8')
     s.unref() // a lookup socket alone does not keep the engine running
-    s.on('data', (chunk: string) => {
-      this.buf += chunk
-      let nl: number
-      while ((nl = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, nl)
-        this.buf = this.buf.slice(nl + 1)
-        let a: { id?: unknown; pid?: unknown; binary?: unknown } | null = null
-        try {
-          a = JSON.parse(line)
-        } catch {
-          /* ignored: the waiting query times out */
-        }
-        const done = a && typeof a.id === 'number' ? this.waiting.get(a.id) : undefined
-        if (!done || !a) continue
-        done(Number.isSafeInteger(a.pid) && (a.pid as number) > 0 ? { pid: a.pid as number, binary: typeof a.binary === 'string' ? a.binary : null } : null, false)
+    onLines(s, 64 * 1024, (line) => {
+      let a: { id?: unknown; pid?: unknown; binary?: unknown } | null = null
+      try {
+        a = JSON.parse(line)
+      } catch {
+        /* ignored: the waiting query times out */
       }
-      if (this.buf.length > 64 * 1024) s.destroy()
+      const w = a && typeof a.id === 'number' ? this.waiting.get(a.id) : undefined
+      if (!w || !a) return
+      w.finish(Number.isSafeInteger(a.pid) && (a.pid as number) > 0 ? { pid: a.pid as number, binary: typeof a.binary === 'string' ? a.binary : null } : null)
     })
     const fail = () => {
       if (this.sock === s) this.sock = null
-      for (const id of ids) this.waiting.get(id)?.(null, true)
-      ids.clear()
+      for (const w of [...this.waiting.values()]) if (w.sock === s) w.finish(null)
     }
     s.on('error', fail)
     s.on('close', fail)
@@ -188,22 +180,19 @@ export class RemoteLookup {
   lookup(q: LookupQuery): Promise<PeerProcess | null> {
     return new Promise((resolve) => {
       const id = this.nextId++
-      const finish = (p: PeerProcess | null, failed: boolean) => {
-        if (!this.waiting.has(id)) return
-        this.waiting.delete(id)
-        this.ids.delete(id)
+      const finish = (p: PeerProcess | null) => {
+        if (!this.waiting.delete(id)) return
         clearTimeout(timer)
-        if (failed) this.failures++
         resolve(p)
       }
-      const timer = setTimeout(() => finish(null, true), this.timeoutMs)
-      this.waiting.set(id, finish)
+      const timer = setTimeout(() => finish(null), this.timeoutMs)
       try {
-        const s = this.connect()
-        this.ids.add(id)
-        s.write(JSON.stringify({ id, ...q }) + '\n')
+        const sock = this.connect()
+        this.waiting.set(id, { sock, finish })
+        sock.write(JSON.stringify({ id, ...q }) + '\n')
       } catch {
-        finish(null, true)
+        resolve(null)
+        clearTimeout(timer)
       }
     })
   }

@@ -236,8 +236,8 @@ export function compilePlan(policy: ResolvedPolicy, features: KernelFeatures, op
   // (its init and the program inside, native/cordon-exec.c); on `auto` it falls back to the host's
   // list where the kernel refuses that (containers often do), on `hidden` it refuses to run
   const others = policy.process.others
-  const unprivileged = others !== 'visible' && !features.isRoot && !opts.inPlace && features.userNamespaces
-  const hideProcesses = others !== 'visible' && landlock !== null && (features.isRoot || unprivileged)
+  const canHide = landlock !== null && (features.isRoot || (!opts.inPlace && features.userNamespaces))
+  const hideProcesses = others !== 'visible' && canHide
   const hideProcessesBestEffort = hideProcesses && !features.isRoot && others === 'auto'
   if (others === 'hidden' && !hideProcesses)
     lost.push(`process.others: hidden: the host's processes stay listed in /proc (their cmdline and status readable), because ${
