@@ -5,14 +5,14 @@
  * through a PID namespace of its own (last test). The attacks run inside a confined child; the
  * same reads succeed with `others: visible`, which is what every sandbox had before.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from '../../lib/sandbox/spawn.js'
 import { probe } from '../../lib/kernel/probe.js'
 import { compilePlan, loadPolicy } from '../../lib/policy/index.js'
 import { helperArgv } from '../../lib/sandbox/argv.js'
 import { tempDir } from '../fixtures/kernel/run.js'
 import { spawn as spawnChild, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 const ROOT = resolve(import.meta.dirname, '..', '..')
@@ -127,13 +127,29 @@ function nonRootSkip(): string | false {
   return false
 }
 
-t.test('without root, hidden: a PID namespace of its own; exit codes, signals and cleanup still work', { skip: nonRootSkip() }, async (t) => {
-  const dir = mkdtempSync('/var/tmp/cordon-pidns-')
-  chmodSync(dir, 0o755) // the launcher (uid 65534) reads its script here
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+/** A directory for a uid 65534 launcher (its script) with a workspace in it that any uid may write
+ * (the second test's launcher runs as a uid no file here is mapped to); removed after the test. */
+function nobodyDirs(t: Test, prefix: string): { dir: string; ws: string } {
+  const dir = tempDir(t, prefix, '/var/tmp')
+  chmodSync(dir, 0o755) // the launcher reads its script here
   const ws = join(dir, 'ws')
   mkdirSync(ws)
   if (process.getuid?.() === 0) chownSync(ws, NOBODY, NOBODY)
+  chmodSync(ws, 0o777)
+  return { dir, ws }
+}
+
+/** Run `argv` as uid 65534 (through setpriv when this test runs as root), with only PATH in its
+ * environment; asserts it exited 0 and returns the JSON of its last line of output. */
+function runAsNobody(t: Test, argv: string[], cwd: string, ran: string): any {
+  const full = process.getuid?.() === 0 ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...argv] : argv
+  const r = spawnSync(full[0]!, full.slice(1), { cwd, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
+  t.equal(r.status, 0, r.status === 0 ? ran : r.stderr)
+  return JSON.parse(r.stdout.trim().split('\n').pop()!)
+}
+
+t.test('without root, hidden: a PID namespace of its own; exit codes, signals and cleanup still work', { skip: nonRootSkip() }, async (t) => {
+  const { dir, ws } = nobodyDirs(t, 'cordon-pidns-')
   const host = spawnChild('sleep', ['60'], { stdio: 'ignore' }) // a host process the sandbox must not see
   t.teardown(() => host.kill())
   const script = join(dir, 'launcher.mjs')
@@ -179,10 +195,7 @@ out.afterLauncherKill = alive('471')
 out.launcher = process.pid
 console.log(JSON.stringify(out))
 `)
-  const argv = process.getuid?.() === 0 ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, script] : [process.execPath, script]
-  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: ws, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
-  t.equal(r.status, 0, r.status === 0 ? `the launcher ran as uid ${process.getuid?.() === 0 ? NOBODY : process.getuid?.()}` : r.stderr)
-  const o = JSON.parse(r.stdout.trim().split('\n').pop()!)
+  const o = runAsNobody(t, [process.execPath, script], ws, `the launcher ran as uid ${process.getuid?.() === 0 ? NOBODY : process.getuid?.()}`)
 
   t.equal(o.hidden.code, 0, o.hidden.stderr)
   const h = parse(o.hidden.stdout)
@@ -214,12 +227,7 @@ console.log(JSON.stringify(out))
 })
 
 t.test('without root where the kernel refuses a PID namespace: auto runs with the host list, hidden refuses', { skip: nonRootSkip() || (spawnSync('unshare', ['--help'], { encoding: 'utf8' }).stdout.includes('--map-user') ? false : 'util-linux unshare has no --map-user') }, async (t) => {
-  const dir = mkdtempSync('/var/tmp/cordon-pidns-limit-')
-  chmodSync(dir, 0o755)
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const ws = join(dir, 'ws')
-  mkdirSync(ws, { mode: 0o777 })
-  chmodSync(ws, 0o777) // written by an unmapped uid (seen as nobody)
+  const { dir, ws } = nobodyDirs(t, 'cordon-pidns-limit-')
   const script = join(dir, 'launcher.mjs')
   writeFileSync(script, `
 import { spawn } from ${JSON.stringify(dist)}
@@ -232,11 +240,7 @@ console.log(JSON.stringify(out))
   // a user namespace whose limit on PID namespaces is 0 (its root may set it), then one more level
   // so that the launcher is not root there: everything below it is refused a PID namespace
   const inner = `echo 0 > /proc/sys/user/max_pid_namespaces && exec unshare -U --map-user=${NOBODY + 1} --map-group=${NOBODY + 1} ${process.execPath} ${script}`
-  const outer = ['unshare', '-U', '--map-root-user', 'sh', '-c', inner]
-  const argv = process.getuid?.() === 0 ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...outer] : outer
-  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: ws, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } })
-  t.equal(r.status, 0, r.status === 0 ? 'the launcher ran in a user namespace limited to 0 PID namespaces' : r.stderr)
-  const o = JSON.parse(r.stdout.trim().split('\n').pop()!)
+  const o = runAsNobody(t, ['unshare', '-U', '--map-root-user', 'sh', '-c', inner], ws, 'the launcher ran in a user namespace limited to 0 PID namespaces')
   t.equal(o.auto.code, 0, `auto: the program runs (${o.auto.err})`)
   t.notMatch(o.auto.out, /self=2\b/, 'auto: not in a PID namespace of its own')
   t.ok(Number(o.auto.out.split('\n').pop()) > 20, 'auto: the host list stays visible, as auto promises no more')
